@@ -1,0 +1,1 @@
+"""catkd-jax: Class Attention Transfer Based Knowledge Distillation (CAT-KD) in JAX/Flax."""
