@@ -1,0 +1,277 @@
+"""PyTorch checkpoints of the mdistiller toolbox <-> Flax variables of this project.
+
+The Flax models name every submodule after the PyTorch module it mirrors, so the mapping is
+mechanical: the PyTorch key of a Flax leaf is its module path joined with dots plus
+
+    params/kernel      -> weight   (conv: HWIO -> OIHW; dense: [K, C] -> [C, K])
+    params/scale       -> weight   (BatchNorm)
+    params/bias        -> bias
+    batch_stats/mean   -> running_mean
+    batch_stats/var    -> running_var
+
+and every BatchNorm also has a `num_batches_tracked` buffer (read and ignored; written as 0).
+The classifier is 'classifier' here and `model.torch_classifier_name` there ('fc', 'linear',
+'classifier', 'classifier.0').
+
+Two layouts are read. The plain layout (published teachers) has a linear classifier with a
+bias. The CAM-head layout of the CAT-KD code replaces it by `conv_test.weight` `[C, K, 1, 1]`
+without bias, whose output is pooled into the logits; it imports as a classifier with that
+kernel and a zero bias (or no bias with `classifier_bias=False`), which gives identical logits.
+Where a CAM-head file still carries the unused linear classifier (MobileNetV2), it is ignored.
+
+CLI:
+    python -m catkd_jax.convert --arch resnet32x4 --checkpoint in.pth --output DIR
+writes DIR in this project's model format (`catkd_jax.checkpoints.save_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from catkd_jax.models import canonical_name, create_model
+
+Variables = dict[str, Any]
+
+_CAM_HEAD_KEY = "conv_test.weight"
+_LEAF_NAMES = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the architecture; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    collection: str
+    path: tuple[str, ...]  # module path, then the leaf name
+    shape: tuple[int, ...]  # Flax shape
+
+
+def _torch_module_name(module_path: tuple[str, ...], classifier_name: str) -> str:
+    if module_path == ("classifier",):
+        return classifier_name
+    return ".".join(module_path)
+
+
+def _to_torch_layout(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 4:  # conv kernel HWIO -> OIHW
+        return np.transpose(array, (3, 2, 0, 1))
+    if array.ndim == 2:  # dense kernel [K, C] -> [C, K]
+        return array.T
+    return array
+
+
+def _from_torch_layout(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 4:  # OIHW -> HWIO
+        return np.transpose(array, (2, 3, 1, 0))
+    if array.ndim == 2:
+        return array.T
+    return array
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return _to_torch_layout(np.empty(flax_shape, np.bool_)).shape
+
+
+def torch_layout(arch: str, num_classes: int = 100, classifier_bias: bool = True) -> dict[str, _Leaf]:
+    """PyTorch key -> the Flax leaf it maps to, for architecture `arch` (no computation)."""
+    model = create_model(arch, num_classes=num_classes, classifier_bias=classifier_bias)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    )
+    layout: dict[str, _Leaf] = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+        collection, *module_path, leaf_name = (entry.key for entry in key_path)
+        module = _torch_module_name(tuple(module_path), model.torch_classifier_name)
+        layout[f"{module}.{_LEAF_NAMES[(collection, leaf_name)]}"] = _Leaf(
+            collection, (*module_path, leaf_name), tuple(leaf.shape)
+        )
+    return layout
+
+
+def _batch_norm_modules(layout: Mapping[str, _Leaf]) -> list[str]:
+    return [key.removesuffix(".running_mean") for key in layout if key.endswith(".running_mean")]
+
+
+def _set_nested(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _get_nested(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def _describe(problems: list[str], what: str, limit: int = 20) -> str:
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} {what}:\n  {shown}{more}"
+
+
+def from_torch_state_dict(
+    state_dict: Mapping[str, Any],
+    arch: str,
+    num_classes: int = 100,
+    classifier_bias: bool = True,
+) -> Variables:
+    """A PyTorch state dict (plain or CAM-head layout) -> `{"params", "batch_stats"}`.
+
+    Arrays may be numpy arrays or anything `np.asarray` accepts (CPU torch tensors).
+    Raises `CheckpointMismatchError` listing every missing, unexpected and mis-shaped key.
+    """
+    arch = canonical_name(arch)
+    layout = torch_layout(arch, num_classes, classifier_bias)
+    classifier = create_model(arch).torch_classifier_name
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+
+    expected = dict(layout)
+    ignored = {f"{bn}.num_batches_tracked" for bn in _batch_norm_modules(layout)}
+    cam_head = _CAM_HEAD_KEY in state
+    if cam_head:
+        # The classifier comes from conv_test; a leftover linear classifier is ignored.
+        ignored |= {f"{classifier}.weight", f"{classifier}.bias"}
+        kernel_leaf = expected.pop(f"{classifier}.weight")
+        expected.pop(f"{classifier}.bias", None)
+        expected[_CAM_HEAD_KEY] = kernel_leaf
+
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected and key not in ignored]
+    mis_shaped = []
+    variables: Variables = {"params": {}, "batch_stats": {}}
+    for key, leaf in expected.items():
+        if key not in state:
+            continue
+        value = np.asarray(state[key], dtype=np.float32)
+        if key == _CAM_HEAD_KEY:
+            want = (leaf.shape[1], leaf.shape[0], 1, 1)
+            converted = value[:, :, 0, 0].T if value.shape == want else None
+        else:
+            want = _torch_shape(leaf.shape)
+            converted = _from_torch_layout(value) if value.shape == want else None
+        if converted is None:
+            mis_shaped.append(f"{key}: checkpoint {tuple(value.shape)}, {arch} expects {want}")
+            continue
+        _set_nested(variables[leaf.collection], leaf.path, np.ascontiguousarray(converted))
+
+    if cam_head and classifier_bias and not missing:
+        _set_nested(
+            variables["params"], ("classifier", "bias"), np.zeros((num_classes,), np.float32)
+        )
+    problems = []
+    if missing:
+        problems.append(_describe(missing, "missing keys"))
+    if unexpected:
+        problems.append(_describe(unexpected, "unexpected keys"))
+    if mis_shaped:
+        problems.append(_describe(mis_shaped, "mis-shaped keys"))
+    if problems:
+        raise CheckpointMismatchError(
+            f"the state dict does not fit architecture {arch!r} with {num_classes} classes "
+            f"({'CAM-head' if cam_head else 'plain'} layout). Check --arch and the class count.\n"
+            + "\n".join(problems)
+        )
+    return variables
+
+
+def to_torch_state_dict(variables: Mapping[str, Any], arch: str) -> dict[str, np.ndarray]:
+    """`{"params", "batch_stats"}` -> a state dict in the plain (published) layout.
+
+    A classifier without bias is written with a zero bias, which gives the same logits.
+    """
+    arch = canonical_name(arch)
+    kernel = np.asarray(variables["params"]["classifier"]["kernel"])
+    num_classes = kernel.shape[1]
+    layout = torch_layout(arch, num_classes, classifier_bias=True)
+    classifier = create_model(arch).torch_classifier_name
+    has_bias = "bias" in variables["params"]["classifier"]
+    batch_norms = set(_batch_norm_modules(layout))
+    state: dict[str, np.ndarray] = {}
+    for key, leaf in layout.items():
+        if key == f"{classifier}.bias" and not has_bias:
+            state[key] = np.zeros((num_classes,), np.float32)
+        else:
+            value = np.asarray(_get_nested(variables[leaf.collection], leaf.path), np.float32)
+            if value.shape != leaf.shape:
+                raise CheckpointMismatchError(
+                    f"{'/'.join(leaf.path)} has shape {value.shape}, {arch} expects {leaf.shape}"
+                )
+            state[key] = np.ascontiguousarray(_to_torch_layout(value))
+        module = key.rsplit(".", 1)[0]
+        if key.endswith(".running_var") and module in batch_norms:
+            state[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
+    return state
+
+
+def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a `.pth` (`{"model": state_dict, ...}` or a bare state dict) as numpy arrays.
+
+    Unpickling is restricted (`weights_only=True`), so an untrusted file cannot run code.
+    `module.` prefixes (from DataParallel) are stripped. Needs PyTorch installed.
+    """
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+        raise ImportError(
+            "reading a .pth file needs PyTorch: pip install torch (the CPU build is enough)"
+        ) from error
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint of tensors ({error}); "
+            "only weights-only .pth files are accepted"
+        ) from error
+    state_dict = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state_dict.values()
+    ):
+        raise ValueError(
+            f"{path} holds neither a state dict nor a {{'model': state_dict}} dictionary"
+        )
+    return {
+        key.removeprefix("module."): value.detach().cpu().numpy()
+        for key, value in state_dict.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: convert a published `.pth` into this project's model format."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    from catkd_jax import checkpoints  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(
+        prog="python -m catkd_jax.convert",
+        description="Convert a PyTorch (mdistiller layout) checkpoint into a catkd-jax model.",
+    )
+    parser.add_argument("--arch", required=True, help="architecture, e.g. resnet32x4")
+    parser.add_argument("--checkpoint", required=True, help="the .pth file")
+    parser.add_argument("--output", required=True, help="directory to write (must not exist)")
+    parser.add_argument("--num-classes", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    arch = canonical_name(args.arch)
+    variables = from_torch_state_dict(load_torch_checkpoint(args.checkpoint), arch, args.num_classes)
+    checkpoints.save_model(args.output, variables, arch=arch, num_classes=args.num_classes)
+    print(f"wrote {arch} ({args.num_classes} classes) to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

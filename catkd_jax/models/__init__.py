@@ -1,0 +1,90 @@
+"""Model registry: `create_model(name, ...)` builds any CIFAR architecture of the paper.
+
+Every model: `__call__(x [N, H, W, 3], train: bool) -> (logits [N, C], features [N, h, w, K])`,
+where `features` is the map that the classifier (an `nn.Dense` named 'classifier', kernel
+`[K, C]`) global-average-pools, so `features @ kernel` are the class activation maps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from catkd_jax.models import mobilenet_v2, resnet, resnet_v2, shufflenet_v1, shufflenet_v2, vgg, wrn
+from catkd_jax.models.layers import Dtype
+
+_P = functools.partial
+
+# Canonical names are the mdistiller toolbox's (and so the published checkpoints').
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "resnet8": _P(resnet.CifarResNet, depth=8, widths=(16, 16, 32, 64)),
+    "resnet14": _P(resnet.CifarResNet, depth=14, widths=(16, 16, 32, 64)),
+    "resnet20": _P(resnet.CifarResNet, depth=20, widths=(16, 16, 32, 64)),
+    "resnet32": _P(resnet.CifarResNet, depth=32, widths=(16, 16, 32, 64)),
+    "resnet44": _P(resnet.CifarResNet, depth=44, widths=(16, 16, 32, 64)),
+    "resnet56": _P(resnet.CifarResNet, depth=56, widths=(16, 16, 32, 64)),
+    "resnet110": _P(resnet.CifarResNet, depth=110, widths=(16, 16, 32, 64)),
+    "resnet8x4": _P(resnet.CifarResNet, depth=8, widths=(32, 64, 128, 256)),
+    "resnet32x4": _P(resnet.CifarResNet, depth=32, widths=(32, 64, 128, 256)),
+    **wrn.MODELS,
+    **vgg.MODELS,
+    **mobilenet_v2.MODELS,
+    **shufflenet_v1.MODELS,
+    **shufflenet_v2.MODELS,
+    **resnet_v2.MODELS,
+}
+
+# Short names used by the paper's configuration files, and the toolbox's other spellings.
+_ALIASES: dict[str, str] = {
+    "res8": "resnet8",
+    "res14": "resnet14",
+    "res20": "resnet20",
+    "res32": "resnet32",
+    "res44": "resnet44",
+    "res56": "resnet56",
+    "res110": "resnet110",
+    "res8x4": "resnet8x4",
+    "res32x4": "resnet32x4",
+    "mobile_half": "MobileNetV2",
+    "mv2": "MobileNetV2",
+    "shuv1": "ShuffleV1",
+    "shuv2": "ShuffleV2",
+    "res50": "ResNet50",
+    "res18": "ResNet18",
+}
+
+
+def list_models() -> list[str]:
+    """The canonical architecture names."""
+    return list(_REGISTRY)
+
+
+def canonical_name(name: str) -> str:
+    """Resolves an alias or a differently-cased name; raises `ValueError` listing valid names."""
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    by_lower = {key.lower(): key for key in (*_REGISTRY, *_ALIASES)}
+    if name.lower() in by_lower:
+        return canonical_name(by_lower[name.lower()])
+    raise ValueError(
+        f"unknown architecture {name!r}; valid names: {', '.join(_REGISTRY)} "
+        f"(aliases: {', '.join(_ALIASES)})"
+    )
+
+
+def create_model(
+    name: str, num_classes: int = 100, dtype: Dtype = jnp.float32, classifier_bias: bool = True
+) -> nn.Module:
+    """Builds architecture `name` (canonical or alias) with `num_classes` outputs.
+
+    `dtype` is the activation dtype (parameters, BatchNorm statistics stay float32);
+    `classifier_bias=False` drops the classifier's bias, as in CAM-head checkpoints.
+    """
+    return _REGISTRY[canonical_name(name)](
+        num_classes=num_classes, dtype=dtype, classifier_bias=classifier_bias
+    )

@@ -1,0 +1,150 @@
+"""Building blocks shared by every architecture, with PyTorch's exact semantics.
+
+Naming convention (what makes published checkpoints import 1:1): every submodule is named
+after the PyTorch module path it mirrors, dots included (`'layer1.0'`, `'downsample.0'`), so
+the PyTorch key of a leaf is the Flax path joined with dots plus the leaf's PyTorch name
+(see `catkd_jax.convert`). The one exception is the classifier: it is always named
+`'classifier'` here, so that the training code finds the CAM kernel in one place; each model
+says what PyTorch calls it in `torch_classifier_name`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / fan_out), not
+# truncated. fan_out = out_channels * kh * kw for a HWIO kernel, as in PyTorch (groups included).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's default for Conv2d and Linear weights (kaiming_uniform_ with a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv(
+    features: int,
+    kernel_size: int,
+    *,
+    name: str,
+    stride: int = 1,
+    padding: int | None = None,
+    groups: int = 1,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out,
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros,
+) -> nn.Conv:
+    """A `torch.nn.Conv2d` as an `nn.Conv`: symmetric explicit padding (default k // 2).
+
+    Explicit padding matters: 'SAME' pads stride-2 convolutions asymmetrically, PyTorch does not.
+    Parameters stay float32; `dtype` is the computation dtype.
+    """
+    pad = kernel_size // 2 if padding is None else padding
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """`torch.nn.BatchNorm2d` over the last axis of `[..., K]` inputs.
+
+    Like PyTorch and unlike `flax.linen.BatchNorm`, the running variance is updated with the
+    unbiased batch variance (the normalisation itself uses the biased one), so running
+    statistics match the reference run for run. Statistics are computed in float32.
+    `momentum` is Flax's (weight of the old running value): 0.9 is PyTorch's 0.1.
+
+    Under `jit` over a device mesh the batch axis is global, so the statistics are those of
+    the global batch without any collective written here.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+
+        x32 = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            reduce_axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axis=reduce_axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                unbiased_var = var * (count / max(count - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased_var
+        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(self.dtype)
+
+
+def classifier(
+    num_classes: int,
+    fan_in: int,
+    *,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    kernel_init: nn.initializers.Initializer = torch_default_kernel_init,
+    bias_init: nn.initializers.Initializer | None = None,
+) -> nn.Dense:
+    """The linear classifier `[N, K] -> [N, C]` whose kernel `[K, C]` makes the CAMs.
+
+    Always named 'classifier'. Initialisation defaults to PyTorch's Linear default
+    (`bias_init=None`: U(+-1/sqrt(fan_in))); families whose reference overrides it pass their own.
+    """
+    return nn.Dense(
+        num_classes,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        bias_init=bias_init or torch_default_bias_init(fan_in),
+        name="classifier",
+    )
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+    """`[N, H, W, C] -> [N, H, W, C]`: PyTorch's NCHW shuffle (view g x C/g, transpose) in NHWC."""
+    *batch, channels = x.shape
+    x = x.reshape(*batch, groups, channels // groups)
+    return jnp.swapaxes(x, -1, -2).reshape(*batch, channels)
+
+
+def global_avg_pool(features: jax.Array) -> jax.Array:
+    """`[N, H, W, K] -> [N, K]`, averaged in float32."""
+    return jnp.mean(features.astype(jnp.float32), axis=(1, 2)).astype(features.dtype)

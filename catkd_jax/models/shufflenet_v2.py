@@ -1,0 +1,108 @@
+"""CIFAR ShuffleNetV2 of the mdistiller toolbox: `ShuffleV2` (net size 1: 116/232/464, 1024).
+
+A 1x1 stem (no downsampling), three stages each of one stride-2 down block and split blocks,
+a 1x1 conv to 1024 channels; `features` is that conv's ReLU output, `[N, 4, 4, 1024]` for
+32x32 inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from catkd_jax.models.layers import (
+    BatchNorm,
+    Dtype,
+    channel_shuffle,
+    classifier,
+    conv,
+    global_avg_pool,
+    torch_default_kernel_init,
+)
+
+_STEM_WIDTH = 24
+
+
+class SplitBlock(nn.Module):
+    """Keeps the first half of the channels, transforms the second, concatenates, shuffles.
+
+    1x1-BN-ReLU, 3x3 depthwise-BN (no ReLU), 1x1-BN-ReLU on the second half.
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """`[N, H, W, C] -> [N, H, W, C]`."""
+        norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
+        make_conv = functools.partial(conv, dtype=self.dtype, kernel_init=torch_default_kernel_init)
+        half = x.shape[-1] // 2
+        kept, out = x[..., :half], x[..., half:]
+        out = nn.relu(norm("bn1")(make_conv(half, 1, name="conv1")(out)))
+        out = norm("bn2")(make_conv(half, 3, groups=half, name="conv2")(out))
+        out = nn.relu(norm("bn3")(make_conv(half, 1, name="conv3")(out)))
+        return channel_shuffle(jnp.concatenate([kept, out], axis=-1), 2)
+
+
+class DownBlock(nn.Module):
+    """Two stride-2 branches on the whole input, concatenated (left first) and shuffled.
+
+    Left: 3x3 depthwise-BN, 1x1-BN-ReLU. Right: 1x1-BN-ReLU, 3x3 depthwise-BN, 1x1-BN-ReLU.
+    """
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """`[N, H, W, in] -> [N, H / 2, W / 2, out_channels]`."""
+        norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
+        make_conv = functools.partial(conv, dtype=self.dtype, kernel_init=torch_default_kernel_init)
+        in_channels, mid = x.shape[-1], self.out_channels // 2
+        left = norm("bn1")(make_conv(in_channels, 3, stride=2, groups=in_channels, name="conv1")(x))
+        left = nn.relu(norm("bn2")(make_conv(mid, 1, name="conv2")(left)))
+        right = nn.relu(norm("bn3")(make_conv(mid, 1, name="conv3")(x)))
+        right = norm("bn4")(make_conv(mid, 3, stride=2, groups=mid, name="conv4")(right))
+        right = nn.relu(norm("bn5")(make_conv(mid, 1, name="conv5")(right)))
+        return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """`__call__(x [N, 32, 32, 3], train) -> (logits [N, C], features [N, 4, 4, K])`."""
+
+    out_channels: Sequence[int]  # stage 1, stage 2, stage 3, last 1x1 conv
+    num_blocks: Sequence[int]  # split blocks after each stage's down block
+    num_classes: int = 100
+    dtype: Dtype = jnp.float32
+    classifier_bias: bool = True
+
+    torch_classifier_name: ClassVar[str] = "linear"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
+        make_conv = functools.partial(conv, dtype=self.dtype, kernel_init=torch_default_kernel_init)
+        x = x.astype(self.dtype)
+        x = nn.relu(norm("bn1")(make_conv(_STEM_WIDTH, 1, name="conv1")(x)))
+        for stage, (channels, num_blocks) in enumerate(
+            zip(self.out_channels[:3], self.num_blocks), start=1
+        ):
+            x = DownBlock(channels, dtype=self.dtype, name=f"layer{stage}.0")(x, train)
+            for index in range(1, num_blocks + 1):
+                x = SplitBlock(dtype=self.dtype, name=f"layer{stage}.{index}")(x, train)
+        x = nn.relu(norm("bn2")(make_conv(self.out_channels[3], 1, name="conv2")(x)))
+        logits = classifier(
+            self.num_classes, x.shape[-1], use_bias=self.classifier_bias, dtype=self.dtype
+        )(global_avg_pool(x))
+        return logits, x
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "ShuffleV2": functools.partial(
+        ShuffleNetV2, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)
+    ),
+}

@@ -1,0 +1,80 @@
+"""CIFAR VGGs with batch norm of the mdistiller toolbox (its `*_bn`): vgg8 ... vgg19.
+
+Five blocks of conv3x3(bias)-BN-ReLU, the last ReLU of each block applied outside it, with
+2x2 max pools after blocks 0-2. The pool after block 3 only runs for 64x64 inputs (a quirk of
+the reference, reproduced), so `features` is the ReLU output of block 4, `[N, 4, 4, 512]` for
+32x32 inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+
+# Channels of each conv, block by block (the reference's configurations S, A, B, D, E).
+_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "S": ((64,), (128,), (256,), (512,), (512,)),
+    "A": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "B": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "D": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "E": ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512)),
+}
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+    """2x2 max pool, stride 2 (`nn.MaxPool2d(2, 2)`), `[N, H, W, K] -> [N, H/2, W/2, K]`."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class VGG(nn.Module):
+    """`__call__(x [N, 32, 32, 3], train) -> (logits [N, C], features [N, 4, 4, 512])`."""
+
+    config: Sequence[Sequence[int]]
+    num_classes: int = 100
+    dtype: Dtype = jnp.float32
+    classifier_bias: bool = True
+
+    torch_classifier_name: ClassVar[str] = "classifier"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        input_height = x.shape[1]
+        x = x.astype(self.dtype)
+        for block, widths in enumerate(self.config):
+            if block == 4 and input_height == 64:
+                x = _max_pool(x)
+            # PyTorch Sequential indices: conv 3i, BN 3i+1, ReLU 3i+2.
+            for index, width in enumerate(widths):
+                if index:
+                    x = nn.relu(x)
+                name = f"block{block}.{3 * index}"
+                x = conv(width, 3, use_bias=True, dtype=self.dtype, name=name)(x)
+                name = f"block{block}.{3 * index + 1}"
+                x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)(x)
+            x = nn.relu(x)
+            if block < 3:
+                x = _max_pool(x)
+        logits = classifier(
+            self.num_classes,
+            x.shape[-1],
+            use_bias=self.classifier_bias,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            bias_init=nn.initializers.zeros,
+        )(global_avg_pool(x))
+        return logits, x
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "vgg8": functools.partial(VGG, config=_CONFIGS["S"]),
+    "vgg11": functools.partial(VGG, config=_CONFIGS["A"]),
+    "vgg13": functools.partial(VGG, config=_CONFIGS["B"]),
+    "vgg16": functools.partial(VGG, config=_CONFIGS["D"]),
+    "vgg19": functools.partial(VGG, config=_CONFIGS["E"]),
+}

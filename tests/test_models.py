@@ -1,0 +1,121 @@
+"""Tests of the model zoo: every architecture's contract, shapes and parameter counts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from catkd_jax.models import canonical_name, create_model, list_models
+from catkd_jax.models.layers import BatchNorm
+from conftest import shared_path
+
+ARCHS = [
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+    "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
+    "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1", "ShuffleV2",
+    "ResNet50", "ResNet18",
+]  # fmt: skip
+NUM_CLASSES = 100
+
+
+def _spec(arch: str) -> dict:
+    with open(shared_path("reference/mdistiller_cifar_state_dicts.json")) as file:
+        return json.load(file)[arch]
+
+
+def test_registry_lists_exactly_the_paper_architectures():
+    assert sorted(list_models()) == sorted(ARCHS)
+
+
+@pytest.mark.parametrize("alias, name", [("res32x4", "resnet32x4"), ("mobile_half", "MobileNetV2"),
+                                         ("shufflev1", "ShuffleV1"), ("resnet50", "ResNet50")])
+def test_aliases_resolve(alias, name):
+    assert canonical_name(alias) == name
+
+
+def test_unknown_architecture_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet9'.*resnet8, resnet14"):
+        create_model("resnet9")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_architecture_contract(arch):
+    """Shapes, the CAM contract (logits = pooled features @ kernel + bias), jit, BN updates."""
+    model = create_model(arch, num_classes=NUM_CLASSES)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(images)
+
+    def train_forward(variables, x):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    (logits, features), updates = jax.jit(train_forward)(variables, images)
+    assert logits.shape == (2, NUM_CLASSES)
+    assert features.ndim == 4 and features.shape[0] == 2
+    kernel = variables["params"]["classifier"]["kernel"]
+    assert kernel.shape == (features.shape[-1], NUM_CLASSES)
+    expected_logits = features.mean(axis=(1, 2)) @ kernel + variables["params"]["classifier"]["bias"]
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
+
+    # Every BatchNorm's running statistics move (a mean may stay ~0 when its input is a linear
+    # map of a normalised, zero-mean activation, so mean *or* variance).
+    old_stats, new_stats = variables["batch_stats"], updates["batch_stats"]
+    moved = jax.tree_util.tree_map(lambda old, new: not np.allclose(old, new), old_stats, new_stats)
+    batch_norms = jax.tree_util.tree_leaves(moved, is_leaf=lambda node: isinstance(node, dict) and "mean" in node)
+    assert len(batch_norms) > 0
+    assert all(bn["mean"] or bn["var"] for bn in batch_norms)
+
+    eval_logits, eval_features = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    assert eval_logits.shape == logits.shape and eval_features.shape == features.shape
+    assert np.all(np.isfinite(eval_logits))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_parameter_count_match_reference(arch):
+    spec = _spec(arch)
+    model = create_model(arch, num_classes=NUM_CLASSES)
+    (logits, features), variables = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
+    )
+    assert list(logits.shape) == spec["logits_shape"]
+    n, c, h, w = spec["pre_pool_feature_shape_nchw"]
+    assert features.shape == (n, h, w, c)
+    reference_count = sum(
+        math.prod(shape) for name, shape, _ in spec["state_dict"] if name.endswith((".weight", ".bias"))
+    )
+    flax_count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables["params"]))
+    assert flax_count == reference_count
+
+
+def test_classifier_bias_can_be_dropped():
+    model = create_model("resnet8", num_classes=10, classifier_bias=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    assert set(variables["params"]["classifier"]) == {"kernel"}
+
+
+def test_bfloat16_activations_keep_float32_parameters_and_statistics():
+    model = create_model("resnet8", num_classes=10, dtype=jnp.bfloat16)
+    images = jnp.ones((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), images, train=False)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    (logits, features), updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert features.dtype == jnp.bfloat16
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.float32)}
+
+
+def test_batch_norm_running_variance_is_unbiased_like_pytorch():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4)) * 3.0 + 1.0
+    module = BatchNorm(use_running_average=False)
+    variables = module.init(jax.random.key(1), x)
+    y, updates = module.apply(variables, x, mutable=["batch_stats"])
+    flat = np.asarray(x).reshape(-1, 4)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+    # The normalisation itself uses the biased variance.
+    np.testing.assert_allclose(
+        np.asarray(y).reshape(-1, 4), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), rtol=1e-4, atol=1e-5
+    )
