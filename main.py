@@ -1,22 +1,52 @@
-"""catkd-jax command line. Training and evaluation arrive with the training issue (#4).
+"""catkd-jax command line: train, evaluate.
 
-Until then this entry point says what is available.
+    python main.py --config configs/cifar100_res32x4_res8x4.py [--config.a.b=value ...]
+    python main.py --config configs/cifar100_res32x4_res8x4.py --mode eval --checkpoint runs/X
+
+All logic lives in `catkd_jax`; this file only parses flags and reports the environment.
 """
 
-import sys
+import os
+import pathlib
 
-USAGE = """catkd-jax: Class Attention Transfer Based Knowledge Distillation in JAX.
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-Available now:
-  from catkd_jax.losses import cat_loss        # the CAT loss and KD/DKD baselines
-  from catkd_jax.models import create_model    # the CIFAR architectures of the paper
-  python -m catkd_jax.convert --arch resnet32x4 --checkpoint in.pth --output DIR
+from catkd_jax import train
 
-`python main.py --config configs/<experiment>.py` (training and evaluation) is not
-implemented yet.
-"""
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "For --mode eval: a workdir, checkpoint or model directory, or a .pth."
+)
+flags.mark_flags_as_required(["config"])
+
+# Environment variables that mean "this is one process of a multi-host job".
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # the libraries' INFO logs drown the progress lines
+    if any(name in os.environ for name in _DISTRIBUTED_ENV):
+        jax.distributed.initialize()
+    logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), jax.devices()[0].platform)
+    config = _CONFIG.value
+    if _MODE.value == "eval":
+        if not _CHECKPOINT.value:
+            raise app.UsageError("--mode eval needs --checkpoint (a workdir, checkpoint directory or .pth)")
+        train.evaluate(config, _CHECKPOINT.value)
+        return
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
+    train.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
-    print(USAGE)
-    sys.exit(0 if len(sys.argv) == 1 or sys.argv[1] in ("-h", "--help") else 2)
+    app.run(main)

@@ -1,0 +1,52 @@
+"""The one place that decides where arrays live: a 1-D device mesh with a 'data' axis.
+
+Parameters and optimiser state are replicated; batches are split along their first axis over
+all devices of all processes. One `jax.jit` over this mesh is the whole parallelism story:
+XLA inserts the collectives (gradient all-reduce, BatchNorm statistics of the global batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def create_mesh() -> Mesh:
+    """All devices of all processes on one 'data' axis."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """A global batch must split evenly over devices (and so over processes)."""
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"config.{what}={batch_size} is not divisible by the {mesh.size} devices; "
+            f"choose a multiple of {mesh.size}"
+        )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a host pytree on every device."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> global arrays split over the 'data' axis."""
+    sharding = batch_sharded(mesh)
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value)
+        for key, value in local_batch.items()
+    }

@@ -1,0 +1,422 @@
+"""Training and evaluation, in the order data flows: models, optimiser, steps, loop.
+
+`train_and_evaluate(config, workdir)` trains `config.student` with `config.method`,
+distilling from a frozen teacher when the method needs one, evaluates after every epoch,
+checkpoints, and resumes from the latest checkpoint when re-run with the same workdir.
+`evaluate(config, checkpoint)` evaluates any saved network on the test set.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from catkd_jax import checkpoints, input_pipeline, methods, sharding
+from catkd_jax.models import canonical_name, create_model
+
+Variables = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+# --- Models --------------------------------------------------------------------------------
+
+
+def _dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return jnp.dtype(config.dtype)
+
+
+def initialize(model: flax.linen.Module, key: jax.Array, image_shape: tuple[int, ...]) -> Variables:
+    """`{"params", "batch_stats"}` of `model` for images of `image_shape` `[H, W, 3]`."""
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    return jax.jit(functools.partial(model.init, train=False))(key, images)
+
+
+def _outputs(model_output: tuple[jax.Array, jax.Array], params: Variables) -> methods.Outputs:
+    logits, features = model_output
+    classifier = params["classifier"]
+    return methods.Outputs(logits, features, classifier["kernel"], classifier.get("bias"))
+
+
+# --- Optimisation --------------------------------------------------------------------------
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Constant within an epoch; times decay_rate after each epoch listed in decay_epochs."""
+    boundaries = {}
+    for epoch in sorted(config.optim.decay_epochs):
+        step = int(epoch) * steps_per_epoch
+        boundaries[step] = boundaries.get(step, 1.0) * config.optim.decay_rate
+    return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """`torch.optim.SGD(momentum, weight_decay)`: L2 on every parameter, then momentum, then lr."""
+    return optax.chain(
+        optax.add_decayed_weights(config.optim.weight_decay),
+        optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=config.optim.momentum),
+    )
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Variables
+    batch_stats: Variables
+    opt_state: optax.OptState
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(step=self.step, params=self.params, batch_stats=self.batch_stats, opt_state=self.opt_state)
+
+
+# --- Steps ---------------------------------------------------------------------------------
+
+
+def _accuracy_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Masked counts of top-1 and top-5 hits (top-k capped at the class count)."""
+    k = min(5, logits.shape[-1])
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), k)
+    hits = top == labels[:, None]
+    return jnp.sum(hits[:, 0] & mask), jnp.sum(jnp.any(hits, axis=1) & mask)
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    student: flax.linen.Module,
+    teacher: flax.linen.Module | None,
+    tx: optax.GradientTransformation,
+    steps_per_epoch: int,
+) -> Callable[[TrainState, dict[str, jax.Array], Variables | None], tuple[TrainState, Metrics]]:
+    """The pure train step `(state, batch, teacher_variables) -> (state, metrics)`.
+
+    The teacher runs in inference mode and is never differentiated; metrics are per-step sums
+    (`loss`, each loss term, `correct`, `count`) that stay on device.
+    """
+    method = methods.get_method(config.method)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Variables | None):
+        images, labels = batch["image"], batch["label"]
+        epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
+        teacher_outputs = None
+        if teacher is not None:
+            teacher_outputs = _outputs(
+                teacher.apply(teacher_variables, images, train=False), teacher_variables["params"]
+            )
+            teacher_outputs = jax.lax.stop_gradient(teacher_outputs)
+
+        def loss_fn(params):
+            output, updates = student.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            terms = method(config, _outputs(output, params), teacher_outputs, labels, epoch)
+            return sum(terms.values()), (terms, output[0], updates["batch_stats"])
+
+        (loss, (terms, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        count = labels.shape[0]
+        correct, _ = _accuracy_counts(logits, labels, jnp.ones_like(labels, jnp.bool_))
+        metrics = {name: value * count for name, value in terms.items()}
+        metrics.update(loss=loss * count, correct=correct.astype(jnp.float32), count=jnp.float32(count))
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: flax.linen.Module) -> Callable[[Variables, dict[str, jax.Array]], Metrics]:
+    """`(variables, batch) -> sums of top-1 and top-5 hits, loss and count` over unmasked examples."""
+
+    def eval_step(variables: Variables, batch: dict[str, jax.Array]) -> Metrics:
+        logits, _ = model.apply(variables, batch["image"], train=False)
+        mask = batch["mask"]
+        top1, top5 = _accuracy_counts(logits, batch["label"], mask)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["label"])
+        return {
+            "top1": top1.astype(jnp.float32),
+            "top5": top5.astype(jnp.float32),
+            "loss": jnp.sum(jnp.where(mask, losses, 0.0)),
+            "count": jnp.sum(mask).astype(jnp.float32),
+        }
+
+    return eval_step
+
+
+@jax.jit
+def _accumulate(totals: Metrics, metrics: Metrics) -> Metrics:
+    return jax.tree_util.tree_map(jnp.add, totals, metrics)
+
+
+def _sum_over(batches: Iterator[dict[str, jax.Array]], step: Callable[[dict], Metrics]) -> dict[str, float]:
+    """Runs `step` on every batch, summing its metrics on device; one host transfer at the end."""
+    totals = None
+    for batch in batches:
+        metrics = step(batch)
+        totals = metrics if totals is None else _accumulate(totals, metrics)
+    return {name: float(value) for name, value in jax.device_get(totals).items()}
+
+
+def run_evaluation(
+    eval_step: Callable, variables: Variables, source: input_pipeline.DataSource, mesh: jax.sharding.Mesh
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean loss over the whole test set, each example once."""
+    sums = _sum_over(
+        (sharding.global_batch(batch, mesh) for batch in source.eval_batches()),
+        lambda batch: eval_step(variables, batch),
+    )
+    count = sums["count"]
+    return {
+        "test_acc": 100.0 * sums["top1"] / count,
+        "test_acc_top5": 100.0 * sums["top5"] / count,
+        "test_loss": sums["loss"] / count,
+        "test_count": int(count),
+    }
+
+
+# --- Teacher -------------------------------------------------------------------------------
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a Python config file; relative paths may be from the repository root."""
+    path = pathlib.Path(path)
+    if not path.is_file() and not path.is_absolute():
+        path = pathlib.Path(__file__).resolve().parents[1] / path
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _has_checkpoint(path: str) -> bool:
+    return bool(path) and pathlib.Path(path).exists()
+
+
+def prepare_teacher(config: ml_collections.ConfigDict, workdir: str, num_classes: int) -> Variables | None:
+    """The teacher's variables (None for methods without one), training it first if asked."""
+    if not methods.needs_teacher(config.method):
+        return None
+    path = config.teacher.checkpoint
+    if not _has_checkpoint(path):
+        if not config.teacher.train_if_missing:
+            where = f"config.teacher.checkpoint={path!r} does not exist" if path else "config.teacher.checkpoint is empty"
+            raise ValueError(
+                f"method {config.method!r} needs a teacher but {where}. Point it at a workdir, "
+                "checkpoint, converted model or .pth, or set config.teacher.train_if_missing=True"
+            )
+        path = os.path.join(workdir, "teacher")
+        teacher_config = load_config_file(config.teacher.config)
+        teacher_config.student.arch = config.teacher.arch
+        teacher_config.data = config.data  # the teacher must learn the same classes
+        if config.teacher.num_epochs:
+            teacher_config.num_epochs = config.teacher.num_epochs
+        _report(f"Training the teacher {config.teacher.arch} in {path} first.")
+        train_and_evaluate(teacher_config, path)
+    variables, _ = checkpoints.load_variables(path, arch=config.teacher.arch, num_classes=num_classes)
+    return variables
+
+
+# --- Logging -------------------------------------------------------------------------------
+
+
+def _report(message: str) -> None:
+    """A line for the person at the terminal, from the first process only."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+
+class _EpochLog:
+    """metrics.jsonl and TensorBoard scalars, written by the first process only."""
+
+    def __init__(self, workdir: pathlib.Path, resumed_epoch: int):
+        self.enabled = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        if not self.enabled:
+            return
+        if self.path.exists():  # drop epochs after the checkpoint being resumed from
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["epoch"] <= resumed_epoch]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+        self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        for name, value in record.items():
+            if name != "epoch":
+                self.writer.add_scalar(name, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+
+
+# --- The loop ------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Trains, evaluates every epoch, checkpoints and resumes; returns the final summary."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.create_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    if config.num_epochs < 1:
+        raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
+    methods.get_method(config.method)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    source = input_pipeline.create_source(config)
+    dtype = _dtype(config)
+    student_arch = canonical_name(config.student.arch)
+    student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
+    teacher_variables = prepare_teacher(config, str(workdir), source.num_classes)
+    teacher = None
+    if teacher_variables is not None:
+        has_bias = "bias" in teacher_variables["params"]["classifier"]
+        teacher = create_model(config.teacher.arch, source.num_classes, dtype, has_bias)
+        teacher_variables = sharding.replicate(teacher_variables, mesh)
+
+    steps_per_epoch = source.steps_per_epoch
+    tx = create_optimizer(config, steps_per_epoch)
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    variables = initialize(student, init_key, source.image_shape)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+    saver = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep)
+    start_epoch, best_acc, best_epoch = 1, -1.0, 0
+    restored = saver.restore_latest(jax.tree_util.tree_map(np.asarray, state.as_dict()))
+    if restored is not None:
+        state = TrainState(**restored[0])
+        meta = restored[1]
+        start_epoch, best_acc, best_epoch = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"]
+        _report(f"Resuming {workdir} after epoch {meta['epoch']} (best {best_acc:.2f}% at epoch {best_epoch}).")
+    state = sharding.replicate(state, mesh)
+
+    train_step = jax.jit(make_train_step(config, student, teacher, tx, steps_per_epoch), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(student))
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    log = _EpochLog(workdir, start_epoch - 1)
+    info = dict(arch=student_arch, num_classes=source.num_classes, classifier_bias=config.student.classifier_bias)
+    record = None
+    try:
+        for epoch in range(start_epoch, config.num_epochs + 1):
+            started = time.time()
+            state, train = _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, config.num_epochs)
+            if not math.isfinite(train["train_loss"]):
+                kept = (f"The last good checkpoint is kept in {workdir / 'checkpoints'}"
+                        if saver.latest.latest_step() is not None else "No checkpoint was written")
+                raise FloatingPointError(
+                    f"the training loss became {train['train_loss']} in epoch {epoch}; stopping. {kept}. "
+                    "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy."
+                )
+            evaluation = run_evaluation(eval_step, {"params": state.params, "batch_stats": state.batch_stats}, source, mesh)
+            is_best = evaluation["test_acc"] > best_acc
+            if is_best:
+                best_acc, best_epoch = evaluation["test_acc"], epoch
+            record = dict(
+                epoch=epoch,
+                lr=float(schedule((epoch - 1) * steps_per_epoch)),
+                **train,
+                **{k: v for k, v in evaluation.items() if k != "test_count"},
+                best_test_acc=best_acc,
+                epoch_seconds=time.time() - started,
+            )
+            log.write(record)
+            _report(
+                f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
+                f"test acc {record['test_acc']:.2f}% top5 {record['test_acc_top5']:.2f}% (best {best_acc:.2f}%) "
+                f"| {record['epoch_seconds']:.0f}s"
+            )
+            periodic = epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs
+            if periodic or is_best:
+                meta = dict(info, epoch=epoch, step=int(state.step), best_acc=best_acc, best_epoch=best_epoch,
+                            test_acc=evaluation["test_acc"])
+                saver.save(jax.device_get(state.as_dict()), meta, periodic=periodic, best=is_best)
+    finally:
+        saver.wait()
+        saver.close()
+        log.close()
+
+    summary = dict(
+        best_test_acc=best_acc,
+        best_epoch=best_epoch,
+        final_test_acc=record["test_acc"] if record else None,
+        epochs=config.num_epochs,
+    )
+    _report(f"{student_arch} ({config.method}): best test accuracy {best_acc:.2f}% (epoch {best_epoch}), "
+            f"final {summary['final_test_acc'] if record else float('nan'):.2f}%")
+    return summary
+
+
+def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_epochs):
+    """One pass over the training data; returns the state and the epoch's mean metrics."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    totals, last_refresh = None, 0.0
+    with tqdm(total=source.steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
+              disable=jax.process_index() != 0) as bar:
+        for batch in source.train_batches(epoch):
+            state, metrics = train_step(state, sharding.global_batch(batch, mesh), teacher_variables)
+            totals = metrics if totals is None else _accumulate(totals, metrics)
+            bar.update()
+            if time.time() - last_refresh > 1.0:  # a host sync, so not every step
+                current = jax.device_get(totals)
+                bar.set_postfix(loss=f"{current['loss'] / current['count']:.4f}",
+                                acc=f"{100 * current['correct'] / current['count']:.2f}%")
+                last_refresh = time.time()
+    sums = jax.device_get(totals)
+    count = float(sums.pop("count"))
+    result = {"train_loss": float(sums.pop("loss")) / count, "train_acc": 100.0 * float(sums.pop("correct")) / count}
+    result.update({f"train_{name}": float(value) / count for name, value in sums.items()})
+    return state, result
+
+
+def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> dict[str, float]:
+    """Evaluates the network saved at `checkpoint` (any form `checkpoints.load_variables` reads)."""
+    mesh = sharding.create_mesh()
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    source = input_pipeline.create_source(config)
+    # Only a .pth needs the architecture from the config; other formats describe themselves.
+    pth_arch = config.student.arch if str(checkpoint).endswith(".pth") else None
+    variables, info = checkpoints.load_variables(checkpoint, arch=pth_arch, num_classes=source.num_classes)
+    has_bias = "bias" in variables["params"]["classifier"]
+    model = create_model(info["arch"], source.num_classes, _dtype(config), has_bias)
+    result = run_evaluation(jax.jit(make_eval_step(model)), sharding.replicate(variables, mesh), source, mesh)
+    print(f"top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
+          f"({result['test_count']} images)")
+    return result

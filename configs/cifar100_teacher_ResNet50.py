@@ -1,0 +1,18 @@
+"""CIFAR-100 teacher ResNet50, trained alone (a teacher of the paper's CIFAR-100 tables)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def get_config():
+    config = default.get_config()
+    # Cross-entropy only, with the 240-epoch SGD recipe of the default (the recipe of
+    # shared/reference/original_settings.md and of the mdistiller toolbox's teachers).
+    config.method = "vanilla"
+    config.student.arch = "ResNet50"
+    config.student.classifier_bias = True  # published teachers have a biased linear classifier
+    config.optim.lr = 0.05  # the mdistiller toolbox's vanilla CIFAR-100 recipe
+    return config

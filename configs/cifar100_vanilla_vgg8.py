@@ -1,0 +1,18 @@
+"""CIFAR-100 vgg8 trained alone (the paper appendix's students-alone baseline)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def get_config():
+    config = default.get_config()
+    # Cross-entropy only, with the 240-epoch SGD recipe of the default (the recipe of
+    # shared/reference/original_settings.md and of the mdistiller toolbox).
+    config.method = "vanilla"
+    config.student.arch = "vgg8"
+    config.student.classifier_bias = True  # the usual biased linear classifier
+    config.optim.lr = 0.05  # the mdistiller toolbox's vanilla CIFAR-100 recipe
+    return config

@@ -1,0 +1,133 @@
+"""Experiment configs: each loads like `main.py` loads it, only overrides fields of
+`configs/default.py`, names real architectures and teacher configs, and the CAT-KD pairs carry
+the original settings (shared/reference/original_settings.md, copied into `_PAIRS` below)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from catkd_jax.models import canonical_name
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
+METHODS = ("vanilla", "cat_kd", "kd", "dkd")
+DISTILLATION = ("cat_kd", "kd", "dkd")
+
+# The CAT-KD pair table of original_settings.md: file stem -> (teacher, student, lr, beta, r,
+# normalize).
+_PAIRS = {
+    "cifar100_res32x4_res8x4": ("resnet32x4", "resnet8x4", 0.05, 15.0, 2, False),
+    "cifar100_res110_res32": ("resnet110", "resnet32", 0.05, 1.8, 2, False),
+    "cifar100_res56_res20": ("resnet56", "resnet20", 0.05, 0.7, 2, False),
+    "cifar100_wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2", 0.05, 12.0, 2, False),
+    "cifar100_wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1", 0.05, 1.5, 2, False),
+    "cifar100_vgg13_vgg8": ("vgg13", "vgg8", 0.05, 4.5, 2, False),
+    "cifar100_res32x4_shuv1": ("resnet32x4", "ShuffleV1", 0.01, 600.0, 4, True),
+    "cifar100_res32x4_shuv2": ("resnet32x4", "ShuffleV2", 0.01, 600.0, 4, True),
+    "cifar100_wrn40_2_shuv1": ("wrn_40_2", "ShuffleV1", 0.01, 80.0, 4, True),
+    "cifar100_res50_mv2": ("ResNet50", "MobileNetV2", 0.01, 40.0, 2, True),
+    "cifar100_vgg13_mv2": ("vgg13", "MobileNetV2", 0.01, 15.0, 2, True),
+}
+
+
+def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
+    """Loads a config file by path, as `config_flags.DEFINE_config_file` does."""
+    spec = importlib.util.spec_from_file_location(f"_test_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+@pytest.fixture(scope="module")
+def default_keys() -> set[str]:
+    return _flat_keys(_load(CONFIG_DIR / "default.py").to_dict())
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def test_all_expected_files_exist():
+    stems = {p.stem for p in CONFIG_FILES}
+    missing = set(_PAIRS) - stems
+    assert not missing, f"missing CAT-KD pair configs: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_config_only_overrides_default_fields(path, default_keys):
+    keys = _flat_keys(_load(path).to_dict())
+    assert keys == default_keys, (
+        f"added: {sorted(keys - default_keys)}; missing: {sorted(default_keys - keys)}"
+    )
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_config_names_are_valid(path):
+    config = _load(path)
+    assert config.method in METHODS
+    canonical_name(config.student.arch)  # raises ValueError on an unknown name
+    if config.method not in DISTILLATION:
+        return
+    teacher_arch = canonical_name(config.teacher.arch)
+    teacher_path = REPO_ROOT / config.teacher.config
+    assert teacher_path.is_file(), f"teacher.config {config.teacher.config} does not exist"
+    teacher = _load(teacher_path)
+    assert teacher.method == "vanilla"
+    assert canonical_name(teacher.student.arch) == teacher_arch
+    assert teacher.student.classifier_bias  # published teachers: biased linear classifier
+
+
+@pytest.mark.parametrize("stem", sorted(_PAIRS))
+def test_cat_kd_pairs_match_original_settings(stem):
+    teacher, student, lr, beta, resolution, normalize = _PAIRS[stem]
+    config = _load(CONFIG_DIR / f"{stem}.py")
+    assert config.method == "cat_kd"
+    assert config.teacher.arch == teacher
+    assert config.student.arch == student
+    assert config.optim.lr == pytest.approx(lr)
+    assert config.cat_kd.beta == pytest.approx(beta)
+    assert config.cat_kd.resolution == resolution
+    assert config.cat_kd.normalize is normalize
+    assert config.cat_kd.ce_weight == 1.0
+    assert config.student.classifier_bias is False  # CAM-head students
+    assert config.teacher.checkpoint == ""
+    assert config.teacher.config == f"configs/cifar100_teacher_{teacher}.py"
+    # The shared recipe of the table.
+    assert config.num_epochs == 240 and config.batch_size == 64
+    assert tuple(config.optim.decay_epochs) == (150, 180, 210)
+    assert config.optim.weight_decay == pytest.approx(5e-4)
+
+
+# ml_collections loads config files with the deprecated `SourceFileLoader.load_module`.
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_config_parses_like_main(path):
+    """`main.py`'s flag: a locked config file plus a command-line override."""
+    argv = ["main.py", f"--config={path}", "--config.cat_kd.beta=3.5"]
+    flag_values = flags.FlagValues()
+    # sys_argv: overrides are otherwise read from the real sys.argv (pytest's).
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert config.cat_kd.beta == 3.5
+    assert config.method in METHODS
+    with pytest.raises(AttributeError):  # locked: a misspelt field is an error
+        config.cat_kd.betaa = 1.0

@@ -1,0 +1,223 @@
+"""End-to-end tests of training and evaluation on small synthetic and mock data."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from catkd_jax import checkpoints, convert, train
+from configs import default
+from conftest import REPO_ROOT
+
+
+def tiny_config(**overrides):
+    """resnet8 on 64 synthetic CIFAR-10-sized images; 40 test images (the last batch padded)."""
+    config = default.get_config()
+    config.method = "vanilla"
+    config.student.arch = "resnet8"
+    config.student.classifier_bias = True
+    config.teacher.arch = "resnet8"
+    config.data.name = "cifar10"
+    config.data.source = "synthetic"
+    config.data.synthetic_train_size = 64
+    config.data.synthetic_test_size = 40
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.num_epochs = 1
+    config.optim.lr = 0.05
+    config.checkpoint.every_epochs = 1
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def read_metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("teacher")
+    train.train_and_evaluate(tiny_config(), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "method, terms",
+    [
+        ("vanilla", {"train_loss_ce"}),
+        ("cat_kd", {"train_loss_ce", "train_loss_cat"}),
+        ("kd", {"train_loss_ce", "train_loss_kd"}),
+        ("dkd", {"train_loss_ce", "train_loss_dkd"}),
+    ],
+)
+def test_each_method_trains_logs_and_checkpoints(method, terms, teacher_dir, tmp_path):
+    config = tiny_config(method=method, num_epochs=2, teacher__checkpoint=str(teacher_dir))
+    if method == "cat_kd":
+        config.student.classifier_bias = False
+        config.cat_kd.num_cams = 3
+    summary = train.train_and_evaluate(config, tmp_path)
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert terms <= set(record)
+        assert np.isclose(record["train_loss"], sum(record[t] for t in terms), rtol=1e-5)
+        for key in ("lr", "train_acc", "test_acc", "test_acc_top5", "test_loss", "best_test_acc", "epoch_seconds"):
+            assert np.isfinite(record[key]), key
+    assert summary["best_test_acc"] == max(r["test_acc"] for r in records)
+    assert summary["final_test_acc"] == records[-1]["test_acc"]
+    assert (tmp_path / "config.json").is_file()
+    assert list((tmp_path / "tensorboard").iterdir())
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit()) == ["4", "8"]
+
+
+def test_learning_rate_is_constant_within_epochs_and_decays_after_listed_epochs():
+    config = tiny_config()
+    config.optim.lr, config.optim.decay_epochs, config.optim.decay_rate = 0.1, (2, 3), 0.5
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+    # Epoch e (1-based) runs steps 10(e-1) .. 10e-1.
+    for step, lr in [(0, 0.1), (19, 0.1), (20, 0.05), (29, 0.05), (30, 0.025), (99, 0.025)]:
+        assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_optimizer_matches_torch_sgd_with_weight_decay_and_momentum():
+    torch = pytest.importorskip("torch")
+    config = tiny_config()
+    config.optim.lr, config.optim.weight_decay, config.optim.decay_epochs = 0.1, 0.01, (1,)
+    tx = train.create_optimizer(config, steps_per_epoch=2)
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)}
+    weight = torch.nn.Parameter(torch.tensor(np.asarray(params["w"])))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt_state = tx.init(params)
+    for step in range(4):
+        grad = rng.normal(size=(3, 2)).astype(np.float32)
+        if step == 2:  # epoch 2 starts: the lr decays by 0.1 in both
+            optimizer.param_groups[0]["lr"] = 0.01
+        weight.grad = torch.tensor(grad)
+        optimizer.step()
+        updates, opt_state = tx.update({"w": jnp.asarray(grad)}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(params["w"], weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path):
+    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
+    train.train_and_evaluate(tiny_config(num_epochs=2), uninterrupted)
+    train.train_and_evaluate(tiny_config(num_epochs=1), interrupted)  # "killed" after epoch 1
+    train.train_and_evaluate(tiny_config(num_epochs=2), interrupted)  # the same command again
+    a, _ = checkpoints.load_variables(uninterrupted)
+    b, _ = checkpoints.load_variables(interrupted)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    assert [r["epoch"] for r in read_metrics(interrupted)] == [1, 2]
+    assert read_metrics(interrupted)[1]["test_acc"] == read_metrics(uninterrupted)[1]["test_acc"]
+
+
+def test_eval_from_checkpoint_equals_last_logged_accuracy(teacher_dir, capsys):
+    result = train.evaluate(tiny_config(), teacher_dir)
+    last = read_metrics(teacher_dir)[-1]
+    assert result["test_count"] == 40
+    assert result["test_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
+    assert result["test_loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith(f"top1 {last['test_acc']:.2f} top5 ") and printed.endswith("(40 images)")
+
+
+def test_published_pth_teacher_is_accepted(teacher_dir, tmp_path):
+    variables, _ = checkpoints.load_variables(teacher_dir)
+    pytest.importorskip("torch")
+    import torch
+
+    pth = tmp_path / "teacher.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in convert.to_torch_state_dict(variables, "resnet8").items()}}, pth)
+    config = tiny_config(method="kd", teacher__checkpoint=str(pth))
+    train.train_and_evaluate(config, tmp_path / "student")
+    assert len(read_metrics(tmp_path / "student")) == 1
+
+
+def test_teacher_is_trained_when_missing(tmp_path):
+    config = tiny_config(method="cat_kd", teacher__train_if_missing=True, teacher__num_epochs=1)
+    config.teacher.config = str(REPO_ROOT / "configs" / "cifar100_teacher_resnet56.py")
+    config.teacher.arch = "resnet8"
+    train.train_and_evaluate(config, tmp_path)
+    teacher_info = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert teacher_info["method"] == "vanilla" and teacher_info["student"]["arch"] == "resnet8"
+    assert teacher_info["data"]["source"] == "synthetic"
+    assert len(read_metrics(tmp_path / "teacher")) == 1 and len(read_metrics(tmp_path)) == 1
+
+
+def test_mismatched_teacher_is_refused_naming_both(teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"arch 'resnet8' but the config asks for 'resnet20'"):
+        train.train_and_evaluate(tiny_config(method="kd", teacher__arch="resnet20",
+                                             teacher__checkpoint=str(teacher_dir)), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"num_classes 10 but the config asks for 100"):
+        train.train_and_evaluate(tiny_config(method="kd", data__name="cifar100",
+                                             teacher__checkpoint=str(teacher_dir)), tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(method="fitnet"), "unknown method 'fitnet'"),
+        (dict(method="kd"), "needs a teacher but config.teacher.checkpoint is empty"),
+        (dict(method="kd", teacher__checkpoint="/nonexistent/teacher"), "does not exist"),
+        (dict(dtype="float16"), "config.dtype must be"),
+    ],
+)
+def test_config_errors_are_clear(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(tiny_config(**overrides), tmp_path)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train.train_and_evaluate(tiny_config(), tmp_path)
+    good, _ = checkpoints.load_variables(tmp_path)
+    with pytest.raises(FloatingPointError, match="last good checkpoint is kept"):
+        train.train_and_evaluate(tiny_config(num_epochs=2, optim__lr=1e30, optim__decay_epochs=()), tmp_path)
+    kept, info = checkpoints.load_variables(tmp_path)
+    assert info["epoch"] == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, kept, good)
+
+
+_MULTI_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from test_train import tiny_config
+    from catkd_jax import train
+    jax.config.update("jax_disable_most_optimizations", True)
+    assert jax.device_count() == {devices}, jax.devices()
+    # Two steps: float differences of the cross-device reductions then stay below 1e-5.
+    train.train_and_evaluate(tiny_config(num_epochs=1, method="cat_kd", teacher__checkpoint={teacher!r},
+                                         student__classifier_bias=False, data__synthetic_train_size=32),
+                             {workdir!r})
+    """
+)
+
+
+def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
+    records = {}
+    for devices in (1, 4):
+        workdir = tmp_path / f"devices{devices}"
+        script = _MULTI_DEVICE_SCRIPT.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), devices=devices,
+                                             teacher=str(teacher_dir), workdir=str(workdir))
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
+        records[devices] = read_metrics(workdir)[0]
+    for key in ("train_loss", "train_loss_ce", "train_loss_cat", "test_loss", "test_acc"):
+        assert records[4][key] == pytest.approx(records[1][key], rel=1e-5, abs=1e-6), key
