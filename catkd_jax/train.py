@@ -8,6 +8,7 @@ checkpoints, and resumes from the latest checkpoint when re-run with the same wo
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import json
@@ -318,12 +319,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
 
     saver = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep)
-    start_epoch, best_acc, best_epoch = 1, -1.0, 0
+    start_epoch, best_acc, best_epoch, final_acc = 1, -1.0, 0, float("nan")
     restored = saver.restore_latest(jax.tree_util.tree_map(np.asarray, state.as_dict()))
     if restored is not None:
         state = TrainState(**restored[0])
         meta = restored[1]
         start_epoch, best_acc, best_epoch = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"]
+        final_acc = meta["test_acc"]
         _report(f"Resuming {workdir} after epoch {meta['epoch']} (best {best_acc:.2f}% at epoch {best_epoch}).")
     state = sharding.replicate(state, mesh)
 
@@ -332,7 +334,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     schedule = learning_rate_schedule(config, steps_per_epoch)
     log = _EpochLog(workdir, start_epoch - 1)
     info = dict(arch=student_arch, num_classes=source.num_classes, classifier_bias=config.student.classifier_bias)
-    record = None
     try:
         for epoch in range(start_epoch, config.num_epochs + 1):
             started = time.time()
@@ -345,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy."
                 )
             evaluation = run_evaluation(eval_step, {"params": state.params, "batch_stats": state.batch_stats}, source, mesh)
-            is_best = evaluation["test_acc"] > best_acc
+            final_acc = evaluation["test_acc"]
+            is_best = final_acc > best_acc
             if is_best:
                 best_acc, best_epoch = evaluation["test_acc"], epoch
             record = dict(
@@ -372,34 +374,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         saver.close()
         log.close()
 
-    summary = dict(
-        best_test_acc=best_acc,
-        best_epoch=best_epoch,
-        final_test_acc=record["test_acc"] if record else None,
-        epochs=config.num_epochs,
-    )
     _report(f"{student_arch} ({config.method}): best test accuracy {best_acc:.2f}% (epoch {best_epoch}), "
-            f"final {summary['final_test_acc'] if record else float('nan'):.2f}%")
-    return summary
+            f"final {final_acc:.2f}%")
+    return dict(best_test_acc=best_acc, best_epoch=best_epoch, final_test_acc=final_acc, epochs=config.num_epochs)
+
+
+# Steps dispatched ahead of the device: enough to keep it busy, few enough to bound the memory
+# of queued batches and keep the progress bar truthful.
+_STEPS_IN_FLIGHT = 2
 
 
 def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_epochs):
     """One pass over the training data; returns the state and the epoch's mean metrics."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-    totals, last_refresh = None, 0.0
+    totals, in_flight, last_refresh = None, collections.deque(), time.time()
     with tqdm(total=source.steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
               disable=jax.process_index() != 0) as bar:
         for batch in source.train_batches(epoch):
             state, metrics = train_step(state, sharding.global_batch(batch, mesh), teacher_variables)
             totals = metrics if totals is None else _accumulate(totals, metrics)
-            bar.update()
-            if time.time() - last_refresh > 1.0:  # a host sync, so not every step
+            in_flight.append(metrics)
+            if len(in_flight) > _STEPS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())  # waits for an older step; copies nothing
+                bar.update()
+            if time.time() - last_refresh > 2.0:  # a transfer to the host, so not every step
                 current = jax.device_get(totals)
                 bar.set_postfix(loss=f"{current['loss'] / current['count']:.4f}",
                                 acc=f"{100 * current['correct'] / current['count']:.2f}%")
                 last_refresh = time.time()
-    sums = jax.device_get(totals)
+        sums = jax.device_get(totals)
+        bar.update(len(in_flight))
     count = float(sums.pop("count"))
     result = {"train_loss": float(sums.pop("loss")) / count, "train_acc": 100.0 * float(sums.pop("correct")) / count}
     result.update({f"train_{name}": float(value) / count for name, value in sums.items()})

@@ -1,0 +1,140 @@
+"""Throughput of the full jitted train step and of evaluation, on synthetic on-device data.
+
+    python benchmarks/throughput.py --teacher resnet32x4 --student resnet8x4 --method cat_kd \
+        --batch-size 64 --steps 20 [--dtype bfloat16] [--json]
+
+The train step is the one training uses (`catkd_jax.train.make_train_step`): teacher forward,
+student forward and backward, SGD update. Reported: images/s of training and of evaluation
+(student forward), seconds to compile (and run once) the train step, peak host memory.
+With --json, one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from catkd_jax import methods, sharding, train  # noqa: E402
+from catkd_jax.models import create_model  # noqa: E402
+from configs import default  # noqa: E402
+
+
+def _time(fn, steps: int) -> float:
+    """Seconds per call of `fn` (which returns arrays) over `steps` calls, after the caller warmed up."""
+    started = time.perf_counter()
+    result = None
+    for _ in range(steps):
+        result = fn()
+    jax.block_until_ready(result)
+    return (time.perf_counter() - started) / steps
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = default.get_config()
+    config.method = args.method
+    config.student.arch = args.student
+    config.student.classifier_bias = args.method != "cat_kd"
+    config.teacher.arch = args.teacher
+    config.dtype = args.dtype
+    config.batch_size = args.batch_size
+    dtype = jnp.dtype(args.dtype)
+    num_classes = 100
+    mesh = sharding.create_mesh()
+    sharding.check_batch_size(args.batch_size, mesh)
+
+    student = create_model(args.student, num_classes, dtype, config.student.classifier_bias)
+    teacher, teacher_variables = None, None
+    if methods.needs_teacher(args.method):
+        teacher = create_model(args.teacher, num_classes, dtype)
+        teacher_variables = sharding.replicate(
+            train.initialize(teacher, jax.random.key(1), (32, 32, 3)), mesh
+        )
+    steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
+    tx = train.create_optimizer(config, steps_per_epoch)
+    variables = train.initialize(student, jax.random.key(0), (32, 32, 3))
+    state = sharding.replicate(
+        train.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=tx.init(variables["params"]),
+        ),
+        mesh,
+    )
+    rng = np.random.default_rng(0)
+    batch = sharding.global_batch(
+        {
+            "image": rng.standard_normal((args.batch_size, 32, 32, 3), np.float32),
+            "label": rng.integers(0, num_classes, args.batch_size).astype(np.int32),
+            "mask": np.ones(args.batch_size, bool),
+        },
+        mesh,
+    )
+    train_batch = {key: batch[key] for key in ("image", "label")}
+    train_step = jax.jit(
+        train.make_train_step(config, student, teacher, tx, steps_per_epoch), donate_argnums=0
+    )
+    eval_step = jax.jit(train.make_eval_step(student))
+
+    started = time.perf_counter()
+    state, metrics = train_step(state, train_batch, teacher_variables)
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - started
+    for _ in range(args.warmup):
+        state, metrics = train_step(state, train_batch, teacher_variables)
+    jax.block_until_ready(metrics)
+
+    def one_train_step():
+        nonlocal state
+        state, step_metrics = train_step(state, train_batch, teacher_variables)
+        return step_metrics
+
+    train_seconds = _time(one_train_step, args.steps)
+    eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
+    jax.block_until_ready(eval_step(eval_variables, batch))
+    eval_seconds = _time(lambda: eval_step(eval_variables, batch), args.steps)
+    return {
+        "teacher": args.teacher if teacher is not None else None,
+        "student": args.student,
+        "method": args.method,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "train_images_per_sec": args.batch_size / train_seconds,
+        "eval_images_per_sec": args.batch_size / eval_seconds,
+        "compile_seconds": compile_seconds,
+        "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--method", default="cat_kd", choices=sorted(methods.METHODS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value:.1f}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+if __name__ == "__main__":
+    main()
