@@ -1,4 +1,4 @@
-"""catkd-jax command line: train, evaluate.
+"""catkd-jax command line: train, evaluate, visualise.
 
     python main.py --config configs/cifar100_res32x4_res8x4.py [--config.a.b=value ...]
     python main.py --config configs/cifar100_res32x4_res8x4.py --mode eval --checkpoint runs/X
@@ -13,13 +13,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catkd_jax import train
+from catkd_jax import quickstart, train, visualize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "visualize"],
+    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams.png).",
+)
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "For --mode eval: a workdir, checkpoint or model directory, or a .pth."
+    "checkpoint", None, "For eval and visualize: a workdir, checkpoint or model directory, or a .pth."
 )
 flags.mark_flags_as_required(["config"])
 
@@ -38,14 +41,20 @@ def main(argv: list[str]) -> None:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].platform)
     config = _CONFIG.value
-    if _MODE.value == "eval":
-        if not _CHECKPOINT.value:
-            raise app.UsageError("--mode eval needs --checkpoint (a workdir, checkpoint directory or .pth)")
-        train.evaluate(config, _CHECKPOINT.value)
-        return
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
-    train.train_and_evaluate(config, workdir)
+    if _MODE.value in ("eval", "visualize") and not _CHECKPOINT.value:
+        raise app.UsageError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
+    if _MODE.value == "eval":
+        train.evaluate(config, _CHECKPOINT.value)
+    elif _MODE.value == "visualize":
+        visualize.visualize(config, _CHECKPOINT.value, workdir)
+    elif config.pipeline == "quickstart":
+        quickstart.run(config, workdir)
+    elif config.pipeline == "single":
+        train.train_and_evaluate(config, workdir)
+    else:
+        raise app.UsageError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
 
 
 if __name__ == "__main__":

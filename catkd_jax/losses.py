@@ -77,7 +77,7 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, _f32(x))
 
 
-def _l2_normalize_space(cams: jax.Array) -> jax.Array:
+def l2_normalize_space(cams: jax.Array) -> jax.Array:
     """`F.normalize(cams, dim=(2, 3))`: each `[N, :, :, C]` map to unit l2 norm."""
     norm = jnp.sqrt(jnp.sum(jnp.square(cams), axis=(1, 2), keepdims=True))
     return cams / jnp.maximum(norm, _NORMALIZE_EPS)
@@ -159,8 +159,8 @@ def cat_loss(
     student = adaptive_avg_pool(student, resolution)
     teacher = adaptive_avg_pool(teacher, resolution)
     if normalize:
-        student = _l2_normalize_space(student)
-        teacher = _l2_normalize_space(teacher)
+        student = l2_normalize_space(student)
+        teacher = l2_normalize_space(teacher)
     squared_error = jnp.square(student - teacher)
     if class_mask is None:
         return jnp.mean(squared_error)

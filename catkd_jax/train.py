@@ -35,7 +35,7 @@ Metrics = dict[str, jax.Array]
 # --- Models --------------------------------------------------------------------------------
 
 
-def _dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+def activation_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     if config.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     return jnp.dtype(config.dtype)
@@ -297,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     source = input_pipeline.create_source(config)
-    dtype = _dtype(config)
+    dtype = activation_dtype(config)
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
     teacher_variables = prepare_teacher(config, str(workdir), source.num_classes)
@@ -411,16 +411,26 @@ def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_
     return state, result
 
 
+def load_network(
+    checkpoint: str | os.PathLike, arch: str, num_classes: int, dtype: jnp.dtype = jnp.float32
+) -> tuple[flax.linen.Module, Variables, dict[str, Any]]:
+    """Model, variables and info (`arch`...) of the network saved at `checkpoint`.
+
+    `checkpoint` is any form `checkpoints.load_variables` reads; `arch` is only used for a
+    `.pth`, the other formats say which architecture they hold.
+    """
+    pth_arch = arch if str(checkpoint).endswith(".pth") else None
+    variables, info = checkpoints.load_variables(checkpoint, arch=pth_arch, num_classes=num_classes)
+    has_bias = "bias" in variables["params"]["classifier"]
+    return create_model(info["arch"], num_classes, dtype, has_bias), variables, info
+
+
 def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> dict[str, float]:
-    """Evaluates the network saved at `checkpoint` (any form `checkpoints.load_variables` reads)."""
+    """Evaluates the network saved at `checkpoint` on the test set and prints one line."""
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     source = input_pipeline.create_source(config)
-    # Only a .pth needs the architecture from the config; other formats describe themselves.
-    pth_arch = config.student.arch if str(checkpoint).endswith(".pth") else None
-    variables, info = checkpoints.load_variables(checkpoint, arch=pth_arch, num_classes=source.num_classes)
-    has_bias = "bias" in variables["params"]["classifier"]
-    model = create_model(info["arch"], source.num_classes, _dtype(config), has_bias)
+    model, variables, _ = load_network(checkpoint, config.student.arch, source.num_classes, activation_dtype(config))
     result = run_evaluation(jax.jit(make_eval_step(model)), sharding.replicate(variables, mesh), source, mesh)
     print(f"top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
           f"({result['test_count']} images)")

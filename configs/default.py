@@ -11,6 +11,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
+    # 'single': train config.method. 'quickstart': train a teacher (teacher.arch), a vanilla and
+    # a CAT-KD student (student.arch), then compare accuracy and CAM localisation (needs a data
+    # source with object boxes: 'shapes'); see catkd_jax/quickstart.py.
+    config.pipeline = "single"
     # 'vanilla' (cross-entropy only), 'cat_kd', 'kd' (Hinton) or 'dkd' (decoupled KD).
     config.method = "cat_kd"
 
@@ -76,11 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar100"  # 'cifar100' or 'cifar10': class count, normalisation
-    config.data.source = "tfds"  # 'tfds', 'folder' (class sub-folders of images) or 'synthetic'
+    # 'tfds', 'folder' (class sub-folders of images), 'synthetic' (learnable random data) or
+    # 'shapes' (generated objects of 5 classes with their boxes; ignores data.name).
+    config.data.source = "tfds"
     config.data.dir = ""  # TFDS data_dir ('' = TFDS's default) or the folder root (train/, test/)
     config.data.reserved_classes = 0  # train on the first k classes only (0 = all)
     config.data.reserved_rate = 1.0  # keep the first rate * n training images of each class
-    config.data.synthetic_train_size = 1024
+    config.data.synthetic_train_size = 1024  # sizes of the generated sets ('synthetic', 'shapes')
     config.data.synthetic_test_size = 256
 
     config.checkpoint = ml_collections.ConfigDict()

@@ -95,6 +95,7 @@ def test_tfds_source_batches_and_eval_counts_every_example_once():
         test_images, test_labels = zip(*mock_test.as_numpy_iterator())
     assert (source.num_classes, source.num_train, source.num_eval) == (100, 50, 50)
     assert source.steps_per_epoch == 3
+    assert source.class_names == [str(label) for label in range(100)]  # mock data has no names
 
     train = list(source.train_batches(1))
     assert len(train) == 3
@@ -185,6 +186,7 @@ def test_folder_source_reduces_training_data_but_not_the_test_set(tmp_path):
     )
     source = input_pipeline.create_source(config)
     assert (source.num_classes, source.num_train, source.num_eval) == (3, 6, 4)
+    assert source.class_names == ["a", "b", "c"]
     seen = {}
     for batch in source.train_batches(1):
         # A shift of at most 4 pixels keeps the centre inside the original image.
@@ -222,6 +224,7 @@ def test_folder_source_reads_real_cifar10_jpegs(tmp_path):
         )
     )
     assert (source.num_classes, source.num_train, source.num_eval) == (10, 30, 20)
+    assert source.class_names[:3] == ["airplane", "automobile", "bird"]
     evals = list(source.eval_batches())
     mask = _stack(evals, "mask")
     # Sorted class folders: airplane=0, automobile=1, ..., truck=9, as in CIFAR-10.
@@ -229,20 +232,22 @@ def test_folder_source_reads_real_cifar10_jpegs(tmp_path):
     expected = tf.io.decode_jpeg(raw["cifar10-jpeg/test/bird/0001.jpg"]).numpy()
     normalised = (expected / 255.0 - MEAN["cifar10"]) / STD["cifar10"]
     np.testing.assert_allclose(_stack(evals, "image")[mask][5], normalised, atol=1e-5)
+    np.testing.assert_array_equal(source.display_images(_stack(evals, "image")[mask][5]), expected)
     batch = next(source.train_batches(1))
     assert batch["image"].shape == (10, 32, 32, 3) and set(batch["label"]) <= set(range(10))
 
 
-def test_synthetic_source_works_without_tensorflow():
+@pytest.mark.parametrize("source", ["synthetic", "shapes"])
+def test_numpy_sources_work_without_tensorflow(source):
     script = textwrap.dedent(
-        """
+        f"""
         import sys
         sys.modules["tensorflow"] = None  # any import of it now fails
         sys.modules["tensorflow_datasets"] = None
         import ml_collections
         from catkd_jax import input_pipeline
         config = ml_collections.ConfigDict(dict(seed=3, batch_size=8, eval_batch_size=8, data=dict(
-            name="cifar10", source="synthetic", dir="", reserved_classes=0, reserved_rate=1.0,
+            name="cifar10", source="{source}", dir="", reserved_classes=0, reserved_rate=1.0,
             synthetic_train_size=20, synthetic_test_size=10)))
         source = input_pipeline.create_source(config)
         assert len(list(source.train_batches(1))) == 2
@@ -263,6 +268,7 @@ def test_synthetic_source_is_deterministic_and_learnable():
     )
     source = input_pipeline.create_source(config)
     assert (source.num_classes, source.num_train, source.num_eval) == (10, 200, 50)
+    assert source.class_names == [f"class_{label}" for label in range(10)]
     train = list(source.train_batches(1))
     assert len(train) == source.steps_per_epoch == 12
     assert train[0]["image"].shape == (16, 32, 32, 3) and train[0]["image"].dtype == np.float32
@@ -284,6 +290,136 @@ def test_synthetic_source_is_deterministic_and_learnable():
     assert np.mean(predicted == _stack(evals, "label")[mask]) > 0.8
 
 
+def _shapes_config(**overrides) -> ml_collections.ConfigDict:
+    return _config(data_source="shapes", **overrides)
+
+
+def _assert_tight(masks: np.ndarray, boxes: np.ndarray) -> None:
+    """Every True pixel of `masks [N, H, W]` lies in its `[y0, x0, y1, x1]` box of `boxes [N, 4]`
+    (end-exclusive), and some True pixel lies on each of the box's four edges."""
+    n, height, width = masks.shape
+    y0, x0, y1, x1 = boxes.T
+    assert np.all((0 <= y0) & (y0 < y1) & (y1 <= height) & (0 <= x0) & (x0 < x1) & (x1 <= width))
+    rows, cols = np.arange(height)[:, None], np.arange(width)
+    in_box = (rows >= y0[:, None, None]) & (rows < y1[:, None, None])
+    in_box = in_box & (cols >= x0[:, None, None]) & (cols < x1[:, None, None])
+    assert not np.any(masks & ~in_box), "object pixels outside the box"
+    i = np.arange(n)
+    for edge in (masks[i, y0], masks[i, y1 - 1], masks[i, :, x0], masks[i, :, x1 - 1]):
+        assert np.all(edge.any(axis=1)), "a box edge without object pixels"
+
+
+def test_shapes_source_is_deterministic_balanced_and_named():
+    # data.name is ignored by this source, even an unknown one.
+    config = _shapes_config(
+        data_name="imagenet", data_synthetic_train_size=203, data_synthetic_test_size=52
+    )
+    source = input_pipeline.create_source(config)
+    assert source.class_names == ["disc", "square", "triangle", "cross", "ring"]
+    assert (source.num_classes, source.num_train, source.num_eval) == (5, 203, 52)
+    assert source.image_shape == (32, 32, 3) and source.steps_per_epoch == 12
+
+    evals, train = list(source.eval_batches()), next(source.train_batches(1))
+    assert train["image"].dtype == np.float32 and train["image"].shape == (16, 32, 32, 3)
+    assert train["label"].dtype == np.int32 and train["box"].dtype == np.int32
+    assert train["box"].shape == (16, 4) and evals[0]["box"].shape == (32, 4)
+    assert evals[0]["mask"].dtype == bool
+    same = input_pipeline.create_source(config)
+    for a, b in zip(evals, same.eval_batches(), strict=True):
+        for key in ("image", "label", "box", "mask"):
+            np.testing.assert_array_equal(a[key], b[key])
+    for key in ("image", "label", "box"):
+        np.testing.assert_array_equal(train[key], next(same.train_batches(1))[key])
+    other = next(input_pipeline.create_source(_shapes_config(seed=1)).eval_batches())
+    assert not np.array_equal(other["image"], evals[0]["image"])
+    assert not np.array_equal(other["box"], evals[0]["box"])
+
+    # The batches serve the generated splits; train and test are independent draws.
+    mask = _stack(evals, "mask")
+    test_images, test_labels, _, test_boxes = input_pipeline._shapes_split(0, 1, 52)
+    np.testing.assert_array_equal(source.display_images(_stack(evals, "image")[mask]), test_images)
+    np.testing.assert_array_equal(_stack(evals, "label")[mask], test_labels)
+    np.testing.assert_array_equal(_stack(evals, "box")[mask], test_boxes)
+    train_images, train_labels = input_pipeline._shapes_split(0, 0, 203)[:2]
+    assert not np.array_equal(train_images[:52], test_images)
+    for labels in (train_labels, test_labels):
+        counts = np.bincount(labels, minlength=5)
+        assert counts.max() - counts.min() <= 1 and len(counts) == 5
+    assert not np.array_equal(train_labels[:52], test_labels), "labels are shuffled per split"
+
+
+def test_shapes_boxes_are_tight_around_objects_of_their_class():
+    images, labels, masks, boxes = input_pipeline._shapes_split(0, 0, 500)
+    assert boxes.dtype == np.int32 and boxes.shape == (500, 4) and masks.shape == (500, 32, 32)
+    _assert_tight(masks, boxes)
+    y0, x0, y1, x1 = boxes.T
+    height, width = y1 - y0, x1 - x0
+    np.testing.assert_array_equal(height, width)
+    assert set(height) == set(range(10, 19)), "every side in SHAPES_SIDES occurs"
+    for image, mask in zip(images, masks):
+        colours = image[mask]
+        assert np.all(colours == colours[0]), "the object is one flat colour, exactly its mask"
+
+    n = np.arange(500)
+    corners = np.stack(
+        [masks[n, y0, x0], masks[n, y0, x1 - 1], masks[n, y1 - 1, x0], masks[n, y1 - 1, x1 - 1]],
+        axis=1,
+    )
+    centre = masks[n, (y0 + y1) // 2, (x0 + x1) // 2]
+    fill = masks.sum(axis=(1, 2)) / (height * width)
+    expected = {  # corners (top-left, top-right, bottom-left, bottom-right), centre, box fill
+        "disc": ([0, 0, 0, 0], 1, (0.7, 0.9)),
+        "square": ([1, 1, 1, 1], 1, (1.0, 1.0)),
+        "triangle": ([0, 0, 1, 1], 1, (0.4, 0.65)),
+        "cross": ([0, 0, 0, 0], 1, (0.45, 0.65)),
+        "ring": ([0, 0, 0, 0], 0, (0.4, 0.7)),
+    }
+    for label, (corner, middle, (low, high)) in enumerate(expected.values()):
+        members = labels == label
+        assert np.all(corners[members] == np.array(corner, bool)), label
+        assert np.all(centre[members] == bool(middle)), label
+        assert low <= fill[members].min() and fill[members].max() <= high, label
+
+
+def test_shapes_objects_contrast_with_the_background_around_them():
+    images, _, masks, boxes = input_pipeline._shapes_split(0, 1, 500)
+    # The background around an object: its box grown by 3 pixels a side, less the object.
+    y0, x0, y1, x1 = (boxes.T + np.array([-3, -3, 3, 3])[:, None])[:, :, None, None]
+    rows, cols = np.arange(32)[:, None], np.arange(32)
+    around = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1) & ~masks
+    pixels = images.astype(np.float64)
+    inside = (pixels * masks[..., None]).sum((1, 2)) / masks.sum((1, 2))[:, None]
+    outside = (pixels * around[..., None]).sum((1, 2)) / around.sum((1, 2))[:, None]
+    contrast = np.linalg.norm(inside - outside, axis=1)  # RGB distance on the 0..255 scale
+    assert contrast.min() > 80, np.argmin(contrast)
+
+
+def test_shapes_training_flips_images_with_their_boxes_and_eval_does_not():
+    source = input_pipeline.create_source(_shapes_config(data_synthetic_train_size=64))
+    images, labels, masks, _ = input_pipeline._shapes_split(0, 0, 64)
+    index = {image.tobytes(): i for i, image in enumerate(images)}
+    flipped = {}
+    for epoch in (1, 2):
+        for batch in source.train_batches(epoch):
+            pixels = source.display_images(batch["image"])
+            for image, label, box in zip(pixels, batch["label"], batch["box"], strict=True):
+                flip = image.tobytes() not in index
+                i = index[image[:, ::-1].tobytes() if flip else image.tobytes()]
+                mask = masks[i][:, ::-1] if flip else masks[i]
+                _assert_tight(mask[None], box[None])
+                assert label == labels[i]
+                flipped[epoch, i] = flip
+    assert len(flipped) == 128, "each epoch visits every example once"
+    assert 0.3 < np.mean(list(flipped.values())) < 0.7
+    assert any(flipped[1, i] != flipped[2, i] for i in range(64)), "flips change by epoch"
+
+    test_images = input_pipeline._shapes_split(0, 1, 40)[0]
+    evals = list(source.eval_batches())
+    np.testing.assert_array_equal(
+        source.display_images(_stack(evals, "image")[_stack(evals, "mask")]), test_images
+    )
+
+
 def _arrays_in_process(index: int, count: int) -> input_pipeline.DataSource:
     return _array_source(
         _random_images(50),
@@ -302,8 +438,21 @@ def _synthetic_in_process(index: int, count: int) -> input_pipeline.DataSource:
     return input_pipeline.create_source(config, process_index=index, process_count=count)
 
 
+def _shapes_in_process(index: int, count: int) -> input_pipeline.DataSource:
+    config = _config(
+        batch_size=8,
+        eval_batch_size=12,
+        data_source="shapes",
+        data_synthetic_train_size=50,
+        data_synthetic_test_size=50,
+    )
+    return input_pipeline.create_source(config, process_index=index, process_count=count)
+
+
 @pytest.mark.parametrize(
-    "make", [_arrays_in_process, _synthetic_in_process], ids=["arrays", "synthetic"]
+    "make",
+    [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
+    ids=["arrays", "synthetic", "shapes"],
 )
 def test_two_processes_partition_each_global_batch(make):
     whole, first, second = make(0, 1), make(0, 2), make(1, 2)
@@ -311,15 +460,16 @@ def test_two_processes_partition_each_global_batch(make):
     halves = zip(first.train_batches(3), second.train_batches(3), strict=True)
     for full, (a, b) in zip(global_batches, halves, strict=True):
         assert a["image"].shape == (4, 32, 32, 3)
-        np.testing.assert_array_equal(np.concatenate([a["image"], b["image"]]), full["image"])
-        np.testing.assert_array_equal(np.concatenate([a["label"], b["label"]]), full["label"])
+        assert a.keys() == full.keys()
+        for key in full:
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
 
     # 50 test examples in global batches of 12: 5 batches, the last with 2 real examples.
     evals = [list(first.eval_batches()), list(second.eval_batches())]
     assert len(evals[0]) == len(evals[1]) == 5
     assert sum(batch["mask"].sum() for split in evals for batch in split) == 50
     for full, a, b in zip(whole.eval_batches(), *evals, strict=True):
-        for key in ("image", "label", "mask"):
+        for key in full:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
     assert evals[1][-1]["mask"].sum() == 0, "the second process pads its last batch entirely"
 
@@ -347,6 +497,8 @@ def test_missing_tfds_data_says_where_it_looked_and_what_to_do(tmp_path):
         (dict(data_reserved_classes=2), 1, "fewer than one batch of config.batch_size=16"),
         (dict(data_synthetic_test_size=0), 1, "config.data.synthetic_test_size must be a positive"),
         (dict(data_source="folder"), 1, "config.data.dir is empty"),
+        (dict(data_source="shapes", data_reserved_classes=6), 1, "reserved_classes=6 is outside 0..5"),
+        (dict(data_source="shapes", data_synthetic_train_size=0), 1, "synthetic_train_size must be"),
     ],
 )
 def test_invalid_configs_are_refused(overrides, process_count, match):

@@ -1,0 +1,104 @@
+"""Tests of catkd_jax.visualize: the CAM figure, the --mode visualize entry point, CAM peaks."""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+
+from catkd_jax import train, visualize
+from test_train import tiny_config
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: pathlib.Path) -> tuple[int, int]:
+    """`(width, height)` from the IHDR chunk, which the PNG standard puts first."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, "not a PNG file"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    return struct.unpack(">II", data[16:24])
+
+
+def _network(rng, n, h, k, classes):
+    return (rng.normal(size=(n, classes)), rng.normal(size=(n, h, h, k)), rng.normal(size=(k, classes)))
+
+
+def test_cam_figure_is_a_png_of_the_documented_size(tmp_path):
+    rng = np.random.default_rng(0)
+    n, classes = 3, 5
+    networks = {"teacher": _network(rng, n, 8, 16, classes), "student": _network(rng, n, 4, 8, classes)}
+    images = rng.uniform(-2.0, 3.0, size=(n, 32, 32, 3))
+    boxes = np.array([[2, 3, 20, 30], [0, 0, 32, 32], [10, 12, 14, 16]], np.int32)
+    path = visualize.save_cam_figure(
+        tmp_path / "sub" / "cams.png", images, rng.integers(0, classes, n),
+        ["disc", "square", "triangle", "a very long class name", "ring"], networks,
+        resolution=2, normalize=True, boxes=boxes,
+    )
+    assert path == tmp_path / "sub" / "cams.png"
+    width, height = visualize.cam_figure_size(n, 2, 2, resolution=2, normalize=True, boxes=True)
+    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+    # One more network adds its CAM group and pooled map; no boxes, no top classes: narrower.
+    networks["other"] = _network(rng, n, 2, 4, classes)
+    path = visualize.save_cam_figure(
+        tmp_path / "plain.png", images[..., :3], np.zeros(n, int), list("abcde"), networks,
+        resolution=3, normalize=False, num_top=0,
+    )
+    width, height = visualize.cam_figure_size(n, 3, 0, resolution=3)
+    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+
+
+def test_cam_figure_refuses_mismatched_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    networks = {"student": _network(rng, 2, 4, 8, 5)}
+    images, labels = np.zeros((2, 16, 16, 3)), np.zeros(2, int)
+    with pytest.raises(ValueError, match="C=4 class names"):
+        visualize.save_cam_figure(tmp_path / "a.png", images, labels, list("abcd"), networks,
+                                  resolution=2, normalize=False)
+    with pytest.raises(ValueError, match="num_top must be in 0..5"):
+        visualize.save_cam_figure(tmp_path / "a.png", images, labels, list("abcde"), networks,
+                                  resolution=2, normalize=False, num_top=6)
+    with pytest.raises(ValueError, match="boxes must be"):
+        visualize.save_cam_figure(tmp_path / "a.png", images, labels, list("abcde"), networks,
+                                  resolution=2, normalize=False, boxes=np.zeros((2, 2)))
+
+
+def test_visualize_draws_a_trained_checkpoint(tmp_path, capsys):
+    config = tiny_config()
+    config.data.synthetic_test_size = 16
+    train.train_and_evaluate(config, tmp_path)
+    path = visualize.visualize(config, tmp_path, tmp_path / "fig", num_images=4)
+    assert path == tmp_path / "fig" / "cams.png" and path.is_file()
+    width, height = visualize.cam_figure_size(4, 1, 2, resolution=config.cat_kd.resolution,
+                                              normalize=config.cat_kd.normalize)
+    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+    assert capsys.readouterr().out.strip().endswith(f"CAM figure: {path}")
+    # A distillation config draws its teacher too: two networks.
+    config = tiny_config(method="cat_kd", teacher__checkpoint=str(tmp_path))
+    path = visualize.visualize(config, tmp_path, tmp_path / "fig2", num_images=2)
+    width, height = visualize.cam_figure_size(2, 2, 2, resolution=config.cat_kd.resolution,
+                                              normalize=config.cat_kd.normalize)
+    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+
+
+def test_cam_peak_in_box_maps_the_peak_cell_to_its_centre_pixel():
+    # One channel and an identity kernel: the CAM of class c is feature channel c.
+    features = np.zeros((4, 4, 4, 2), np.float32)
+    features[:, 1, 2, 0] = 5.0  # class 0 peaks in cell (1, 2): centre pixel (12, 20) of 32x32
+    features[:, 3, 0, 1] = 5.0  # class 1 peaks in cell (3, 0): centre pixel (28, 4)
+    kernel = np.eye(2, dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    boxes = np.array([
+        [8, 16, 16, 24],  # contains (12, 20)
+        [13, 16, 20, 24],  # starts just below y = 12
+        [28, 0, 32, 5],  # contains (28, 4): start inclusive
+        [20, 0, 28, 8],  # ends at y = 28: end exclusive
+    ])
+    inside = visualize.cam_peak_in_box(features, kernel, labels, boxes, (32, 32))
+    np.testing.assert_array_equal(inside, [True, False, True, False])
+    # Non-square images scale each axis on its own: cell (1, 2) of 4x4 over 64x16 is (24, 10).
+    inside = visualize.cam_peak_in_box(features[:1], kernel, labels[:1], np.array([[24, 10, 25, 11]]), (64, 16))
+    np.testing.assert_array_equal(inside, [True])
