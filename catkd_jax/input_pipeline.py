@@ -303,14 +303,7 @@ class ArraySource(DataSource):
         num_classes: int,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
-        batch_size: int,
-        eval_batch_size: int,
-        seed: int,
-        class_names: Sequence[str] | None = None,
-        reserved_classes: int = 0,
-        reserved_rate: float = 1.0,
-        process_index: int | None = None,
-        process_count: int | None = None,
+        **batching: Any,
     ) -> None:
         for name, images, labels in (
             ("train", train_images, train_labels),
@@ -330,14 +323,7 @@ class ArraySource(DataSource):
             train_labels,
             test_labels,
             num_classes=num_classes,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            class_names=class_names,
-            reserved_classes=reserved_classes,
-            reserved_rate=reserved_rate,
-            process_index=process_index,
-            process_count=process_count,
+            **batching,
         )
         self.image_shape = tuple(train_images.shape[1:])
         self.mean, self.std = tuple(mean), tuple(std)
@@ -412,29 +398,18 @@ class SyntheticSource(DataSource):
         num_classes: int,
         train_size: int,
         test_size: int,
-        batch_size: int,
-        eval_batch_size: int,
-        seed: int,
-        reserved_classes: int = 0,
-        reserved_rate: float = 1.0,
-        process_index: int | None = None,
-        process_count: int | None = None,
+        **batching: Any,
     ) -> None:
         _positive_int(train_size, "config.data.synthetic_train_size")
         _positive_int(test_size, "config.data.synthetic_test_size")
+        seed = batching["seed"]
         label_rng = np.random.default_rng(_entropy(seed, _SYNTHETIC_DATA, 0))
         super().__init__(
             label_rng.integers(0, num_classes, train_size),
             label_rng.integers(0, num_classes, test_size),
             num_classes=num_classes,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
+            **batching,
             class_names=[f"class_{label}" for label in range(num_classes)],
-            reserved_classes=reserved_classes,
-            reserved_rate=reserved_rate,
-            process_index=process_index,
-            process_count=process_count,
         )
         self.image_shape = _SYNTHETIC_SHAPE
         # The examples are about N(0, 1) with no pixels behind them; these constants only map
@@ -615,28 +590,17 @@ class ShapesSource(DataSource):
         *,
         train_size: int,
         test_size: int,
-        batch_size: int,
-        eval_batch_size: int,
-        seed: int,
-        reserved_classes: int = 0,
-        reserved_rate: float = 1.0,
-        process_index: int | None = None,
-        process_count: int | None = None,
+        **batching: Any,
     ) -> None:
+        seed = batching["seed"]
         train = _shapes_split(seed, 0, _positive_int(train_size, "config.data.synthetic_train_size"))
         test = _shapes_split(seed, 1, _positive_int(test_size, "config.data.synthetic_test_size"))
         super().__init__(
             train[1],
             test[1],
             num_classes=len(SHAPES_CLASSES),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
+            **batching,
             class_names=SHAPES_CLASSES,
-            reserved_classes=reserved_classes,
-            reserved_rate=reserved_rate,
-            process_index=process_index,
-            process_count=process_count,
         )
         self.image_shape = _SHAPES_IMAGE
         self.mean, self.std = SHAPES_MEAN, SHAPES_STD

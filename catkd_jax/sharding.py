@@ -7,7 +7,8 @@ XLA inserts the collectives (gradient all-reduce, BatchNorm statistics of the gl
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -50,3 +51,14 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
         key: jax.make_array_from_process_local_data(sharding, value)
         for key, value in local_batch.items()
     }
+
+
+def prefetch(batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, size: int = 2) -> Iterator[dict[str, jax.Array]]:
+    """Global batches placed `size` steps ahead: transfers are asynchronous, so they overlap compute."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(global_batch(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -391,8 +391,8 @@ def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_
     totals, in_flight, last_refresh = None, collections.deque(), time.time()
     with tqdm(total=source.steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
               disable=jax.process_index() != 0) as bar:
-        for batch in source.train_batches(epoch):
-            state, metrics = train_step(state, sharding.global_batch(batch, mesh), teacher_variables)
+        for batch in sharding.prefetch(source.train_batches(epoch), mesh):
+            state, metrics = train_step(state, batch, teacher_variables)
             totals = metrics if totals is None else _accumulate(totals, metrics)
             in_flight.append(metrics)
             if len(in_flight) > _STEPS_IN_FLIGHT:
