@@ -183,7 +183,7 @@ def run_evaluation(
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean loss over the whole test set, each example once."""
     sums = _sum_over(
-        (sharding.global_batch(batch, mesh) for batch in source.eval_batches()),
+        sharding.prefetch(source.eval_batches(), mesh),
         lambda batch: eval_step(variables, batch),
     )
     count = sums["count"]
