@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     # directory of this project, a model directory of `python -m catkd_jax.convert`, or a
     # published PyTorch `.pth` (mdistiller layout).
     config.teacher.checkpoint = ""
-    # With no usable teacher.checkpoint: train the teacher first with `teacher.config` into
+    # With no usable teacher.checkpoint: train the teacher first with `teacher.config` (its
+    # student.arch set to teacher.arch, its data section replaced by this config's) into
     # `<workdir>/teacher`, then distil from it (and reuse it when the command is re-run).
     config.teacher.train_if_missing = False
     config.teacher.config = "configs/cifar100_teacher_resnet32x4.py"
