@@ -113,29 +113,32 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
-def classifier(
+def classify(
+    features: jax.Array,
     num_classes: int,
-    fan_in: int,
     *,
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
     kernel_init: nn.initializers.Initializer = torch_default_kernel_init,
     bias_init: nn.initializers.Initializer | None = None,
-) -> nn.Dense:
-    """The linear classifier `[N, K] -> [N, C]` whose kernel `[K, C]` makes the CAMs.
+) -> jax.Array:
+    """The head: global average pooling, then the linear classifier whose kernel makes the CAMs.
 
-    Always named 'classifier'. Initialisation defaults to PyTorch's Linear default
-    (`bias_init=None`: U(+-1/sqrt(fan_in))); families whose reference overrides it pass their own.
+    `features [N, H, W, K] -> logits [N, C]`. The Dense (kernel `[K, C]`) is always named
+    'classifier'. Initialisation defaults to PyTorch's Linear default (`bias_init=None`:
+    U(+-1/sqrt(K))); families whose reference overrides it pass their own. Call it from a
+    compact `__call__`: the Dense belongs to the calling model.
     """
+    pooled = global_avg_pool(features)
     return nn.Dense(
         num_classes,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
-        bias_init=bias_init or torch_default_bias_init(fan_in),
+        bias_init=bias_init or torch_default_bias_init(pooled.shape[-1]),
         name="classifier",
-    )
+    )(pooled)
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
 
 # (expansion or None for the model's, output channels before width scaling, blocks, stride).
 _STAGES: tuple[tuple[int | None, int, int, int], ...] = (
@@ -87,14 +87,14 @@ class MobileNetV2(nn.Module):
         x = conv(last_channel, 1, dtype=self.dtype, name="conv2.0")(x)
         x = nn.relu(norm("conv2.1")(x))
         # The reference's AvgPool2d(2, ceil_mode=True) covers the whole 2x2 map of a 32x32 input.
-        logits = classifier(
+        logits = classify(
+            x,
             self.num_classes,
-            x.shape[-1],
             use_bias=self.classifier_bias,
             dtype=self.dtype,
             kernel_init=nn.initializers.normal(stddev=0.01),
             bias_init=nn.initializers.zeros,
-        )(global_avg_pool(x))
+        )
         return logits, x
 
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
 
 
 def shortcut(
@@ -75,7 +75,5 @@ class CifarResNet(nn.Module):
                 x = BasicBlock(
                     planes, stride if index == 0 else 1, dtype=self.dtype, name=f"layer{stage}.{index}"
                 )(x, train)
-        logits = classifier(
-            self.num_classes, x.shape[-1], use_bias=self.classifier_bias, dtype=self.dtype
-        )(global_avg_pool(x))
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
 from catkd_jax.models.resnet import BasicBlock, shortcut
 
 
@@ -66,9 +66,7 @@ class ResNetV2(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{stage}.{index}",
                 )(x, train)
-        logits = classifier(
-            self.num_classes, x.shape[-1], use_bias=self.classifier_bias, dtype=self.dtype
-        )(global_avg_pool(x))
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x
 
 

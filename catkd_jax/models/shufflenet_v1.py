@@ -17,9 +17,8 @@ from catkd_jax.models.layers import (
     BatchNorm,
     Dtype,
     channel_shuffle,
-    classifier,
+    classify,
     conv,
-    global_avg_pool,
     torch_default_kernel_init,
 )
 
@@ -95,9 +94,7 @@ class ShuffleNetV1(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{stage}.{index}",
                 )(x, train)
-        logits = classifier(
-            self.num_classes, x.shape[-1], use_bias=self.classifier_bias, dtype=self.dtype
-        )(global_avg_pool(x))
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x
 
 

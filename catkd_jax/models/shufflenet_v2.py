@@ -18,9 +18,8 @@ from catkd_jax.models.layers import (
     BatchNorm,
     Dtype,
     channel_shuffle,
-    classifier,
+    classify,
     conv,
-    global_avg_pool,
     torch_default_kernel_init,
 )
 
@@ -95,9 +94,7 @@ class ShuffleNetV2(nn.Module):
             for index in range(1, num_blocks + 1):
                 x = SplitBlock(dtype=self.dtype, name=f"layer{stage}.{index}")(x, train)
         x = nn.relu(norm("bn2")(make_conv(self.out_channels[3], 1, name="conv2")(x)))
-        logits = classifier(
-            self.num_classes, x.shape[-1], use_bias=self.classifier_bias, dtype=self.dtype
-        )(global_avg_pool(x))
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x
 
 

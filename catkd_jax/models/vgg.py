@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
 
 # Channels of each conv, block by block (the reference's configurations S, A, B, D, E).
 _CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -60,14 +60,14 @@ class VGG(nn.Module):
             x = nn.relu(x)
             if block < 3:
                 x = _max_pool(x)
-        logits = classifier(
+        logits = classify(
+            x,
             self.num_classes,
-            x.shape[-1],
             use_bias=self.classifier_bias,
             dtype=self.dtype,
             kernel_init=nn.initializers.normal(0.01),
             bias_init=nn.initializers.zeros,
-        )(global_avg_pool(x))
+        )
         return logits, x
 
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classifier, conv, global_avg_pool
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
 
 
 class BasicBlock(nn.Module):
@@ -72,13 +72,13 @@ class WideResNet(nn.Module):
                 )(x, train)
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         # The reference zeroes the Linear bias but keeps PyTorch's default weight init.
-        logits = classifier(
+        logits = classify(
+            x,
             self.num_classes,
-            x.shape[-1],
             use_bias=self.classifier_bias,
             dtype=self.dtype,
             bias_init=nn.initializers.zeros,
-        )(global_avg_pool(x))
+        )
         return logits, x
 
 
