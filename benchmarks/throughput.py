@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> dict:
     teacher, teacher_variables = None, None
     if methods.needs_teacher(args.method):
         teacher = create_model(args.teacher, num_classes, dtype)
+        config.teacher.fold_batch_norm = args.fold_batch_norm
+        teacher_variables = train.initialize(teacher, jax.random.key(1), (32, 32, 3))
         teacher_variables = sharding.replicate(
-            train.initialize(teacher, jax.random.key(1), (32, 32, 3)), mesh
+            train.teacher_inference_variables(config, teacher, teacher_variables, (32, 32, 3)), mesh
         )
     steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
     tx = train.create_optimizer(config, steps_per_epoch)
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         "method": args.method,
         "batch_size": args.batch_size,
         "dtype": args.dtype,
+        "teacher_batch_norm_folded": args.fold_batch_norm if teacher is not None else None,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "train_images_per_sec": args.batch_size / train_seconds,
         "eval_images_per_sec": args.batch_size / eval_seconds,
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
@@ -126,8 +129,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
+                        help="run the teacher's BatchNorms unfolded")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     result = run(args)
     if args.json:
         print(json.dumps(result))

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from catkd_jax import checkpoints, input_pipeline, methods, sharding
-from catkd_jax.models import canonical_name, create_model
+from catkd_jax.models import canonical_name, create_model, folding
 
 Variables = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -45,6 +45,19 @@ def initialize(model: flax.linen.Module, key: jax.Array, image_shape: tuple[int,
     """`{"params", "batch_stats"}` of `model` for images of `image_shape` `[H, W, 3]`."""
     images = jnp.zeros((1, *image_shape), jnp.float32)
     return jax.jit(functools.partial(model.init, train=False))(key, images)
+
+
+def teacher_inference_variables(
+    config: ml_collections.ConfigDict, teacher: flax.linen.Module, variables: Variables, image_shape: tuple[int, ...]
+) -> Variables:
+    """The frozen teacher's variables in the form the train step runs it.
+
+    With `config.teacher.fold_batch_norm`, BatchNorm folded into the convolutions
+    (`models.folding`): the same function to float rounding, one pass less per layer.
+    """
+    if not config.teacher.fold_batch_norm:
+        return variables
+    return folding.fold_batch_norm(teacher, variables, image_shape)
 
 
 def _outputs(model_output: tuple[jax.Array, jax.Array], params: Variables) -> methods.Outputs:
@@ -104,10 +117,15 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array], Variables | None], tuple[TrainState, Metrics]]:
     """The pure train step `(state, batch, teacher_variables) -> (state, metrics)`.
 
-    The teacher runs in inference mode and is never differentiated; metrics are per-step sums
-    (`loss`, each loss term, `correct`, `count`) that stay on device.
+    The teacher runs in inference mode and is never differentiated; its variables are those of
+    `teacher_inference_variables`. Metrics are per-step sums (`loss`, each loss term,
+    `correct`, `count`) that stay on device.
     """
     method = methods.get_method(config.method)
+    if config.teacher.fold_batch_norm:
+        teacher_forward = functools.partial(folding.apply_folded, teacher)
+    else:
+        teacher_forward = lambda variables, images: teacher.apply(variables, images, train=False)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Variables | None):
         images, labels = batch["image"], batch["label"]
@@ -115,7 +133,7 @@ def make_train_step(
         teacher_outputs = None
         if teacher is not None:
             teacher_outputs = _outputs(
-                teacher.apply(teacher_variables, images, train=False), teacher_variables["params"]
+                teacher_forward(teacher_variables, images), teacher_variables["params"]
             )
             teacher_outputs = jax.lax.stop_gradient(teacher_outputs)
 
@@ -305,6 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if teacher_variables is not None:
         has_bias = "bias" in teacher_variables["params"]["classifier"]
         teacher = create_model(config.teacher.arch, source.num_classes, dtype, has_bias)
+        teacher_variables = teacher_inference_variables(config, teacher, teacher_variables, source.image_shape)
         teacher_variables = sharding.replicate(teacher_variables, mesh)
 
     steps_per_epoch = source.steps_per_epoch

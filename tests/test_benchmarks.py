@@ -16,9 +16,9 @@ def _script(name: str):
 
 
 def test_throughput_reports_the_documented_keys():
-    args = argparse.Namespace(teacher="resnet8", student="resnet8", method="cat_kd", batch_size=8,
-                              steps=1, warmup=0, dtype="float32")
-    result = _script("throughput").run(args)
+    script = _script("throughput")
+    args = script.parse_args(["--teacher=resnet8", "--student=resnet8", "--batch-size=8", "--steps=1", "--warmup=0"])
+    result = script.run(args)
     for key in ("train_images_per_sec", "eval_images_per_sec", "compile_seconds", "peak_host_memory_mib"):
         assert result[key] > 0, key
 
