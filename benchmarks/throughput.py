@@ -1,11 +1,12 @@
 """Throughput of the full jitted train step and of evaluation, on synthetic on-device data.
 
     python benchmarks/throughput.py --teacher resnet32x4 --student resnet8x4 --method cat_kd \
-        --batch-size 64 --steps 20 [--dtype bfloat16] [--json]
+        --batch-size 64 --steps 20 [--dtype bfloat16] [--runs R [--shared-inputs]] [--json]
 
-The train step is the one training uses (`catkd_jax.train.make_train_step`): teacher forward,
-student forward and backward, SGD update. Reported: images/s of training and of evaluation
-(student forward), seconds to compile (and run once) the train step, peak host memory.
+The train step is the one training uses (`catkd_jax.train.make_multi_run_step`, here with
+`--runs` students): teacher forward, student forward and backward, SGD update. Reported:
+images/s of training and of evaluation (student forward), counted over all runs' students,
+seconds to compile (and run once) the train step, peak host memory.
 With --json, one JSON object on stdout.
 """
 
@@ -24,7 +25,7 @@ import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from catkd_jax import methods, sharding, train  # noqa: E402
+from catkd_jax import methods, runs, sharding, train  # noqa: E402
 from catkd_jax.models import create_model  # noqa: E402
 from configs import default  # noqa: E402
 
@@ -47,6 +48,11 @@ def run(args: argparse.Namespace) -> dict:
     config.teacher.arch = args.teacher
     config.dtype = args.dtype
     config.batch_size = args.batch_size
+    if args.runs > 1 and args.shared_inputs:
+            config.runs.sweep = "optim.lr=" + ",".join(str(0.05 * (k + 1)) for k in range(args.runs))
+    elif args.runs > 1:
+        config.runs.seeds = tuple(range(args.runs))
+    plan = runs.plan_runs(config)
     dtype = jnp.dtype(args.dtype)
     num_classes = 100
     mesh = sharding.create_mesh()
@@ -62,59 +68,56 @@ def run(args: argparse.Namespace) -> dict:
             train.teacher_inference_variables(config, teacher, teacher_variables, (32, 32, 3)), mesh
         )
     steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
-    tx = train.create_optimizer(config, steps_per_epoch)
-    variables = train.initialize(student, jax.random.key(0), (32, 32, 3))
-    state = sharding.replicate(
-        train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(variables["params"]),
-        ),
-        mesh,
-    )
+    run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
+    state = sharding.replicate(train.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch), mesh)
+    values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
     rng = np.random.default_rng(0)
+    leading = () if plan.shared_inputs else (args.runs,)
     batch = sharding.global_batch(
         {
-            "image": rng.standard_normal((args.batch_size, 32, 32, 3), np.float32),
-            "label": rng.integers(0, num_classes, args.batch_size).astype(np.int32),
-            "mask": np.ones(args.batch_size, bool),
+            "image": rng.standard_normal((*leading, args.batch_size, 32, 32, 3), np.float32),
+            "label": rng.integers(0, num_classes, (*leading, args.batch_size)).astype(np.int32),
+            "mask": np.ones((*leading, args.batch_size), bool),
         },
         mesh,
+        run_axis=not plan.shared_inputs,
     )
     train_batch = {key: batch[key] for key in ("image", "label")}
     train_step = jax.jit(
-        train.make_train_step(config, student, teacher, tx, steps_per_epoch), donate_argnums=0
+        train.make_multi_run_step(config, student, teacher, steps_per_epoch, plan), donate_argnums=0
     )
-    eval_step = jax.jit(train.make_eval_step(student))
+    eval_step = jax.jit(jax.vmap(train.make_eval_step(student), in_axes=(0, None if plan.shared_inputs else 0)))
 
     started = time.perf_counter()
-    state, metrics = train_step(state, train_batch, teacher_variables)
+    state, metrics = train_step(state, train_batch, teacher_variables, values)
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - started
     for _ in range(args.warmup):
-        state, metrics = train_step(state, train_batch, teacher_variables)
+        state, metrics = train_step(state, train_batch, teacher_variables, values)
     jax.block_until_ready(metrics)
 
     def one_train_step():
         nonlocal state
-        state, step_metrics = train_step(state, train_batch, teacher_variables)
+        state, step_metrics = train_step(state, train_batch, teacher_variables, values)
         return step_metrics
 
     train_seconds = _time(one_train_step, args.steps)
     eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
     jax.block_until_ready(eval_step(eval_variables, batch))
     eval_seconds = _time(lambda: eval_step(eval_variables, batch), args.steps)
+    images = args.runs * args.batch_size  # per step, summed over the runs' students
     return {
         "teacher": args.teacher if teacher is not None else None,
         "student": args.student,
         "method": args.method,
         "batch_size": args.batch_size,
+        "runs": args.runs,
+        "shared_inputs": plan.shared_inputs,
         "dtype": args.dtype,
         "teacher_batch_norm_folded": args.fold_batch_norm if teacher is not None else None,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "train_images_per_sec": args.batch_size / train_seconds,
-        "eval_images_per_sec": args.batch_size / eval_seconds,
+        "train_images_per_sec": images / train_seconds,
+        "eval_images_per_sec": images / eval_seconds,
         "compile_seconds": compile_seconds,
         "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -131,6 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
                         help="run the teacher's BatchNorms unfolded")
+    parser.add_argument("--runs", type=int, default=1, help="students trained in one program (catkd_jax.runs)")
+    parser.add_argument("--shared-inputs", action="store_true",
+                        help="with --runs: the runs share their batches, as in a sweep (an optim.lr sweep "
+                             "here); otherwise each has its own, as with seeds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 

@@ -39,6 +39,11 @@ def vanilla(config, student: Outputs, teacher: None, labels: jax.Array, epoch: j
     return {"loss_ce": losses.cross_entropy(student.logits, labels)}
 
 
+def _is_zero(weight: float | jax.Array) -> bool:
+    """True for a literal 0 weight; a swept (traced) weight always keeps its term."""
+    return isinstance(weight, (int, float)) and weight == 0
+
+
 def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch: jax.Array) -> LossTerms:
     """ce_weight * CE + beta * CAT (Guo et al. 2023)."""
     del epoch
@@ -61,7 +66,7 @@ def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch:
             class_mask=class_mask,
         )
     }
-    if settings.ce_weight:
+    if not _is_zero(settings.ce_weight):
         terms["loss_ce"] = settings.ce_weight * losses.cross_entropy(student.logits, labels)
     return terms
 

@@ -16,7 +16,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import flax
 import jax
@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, input_pipeline, methods, sharding
+from catkd_jax import checkpoints, input_pipeline, methods, runs, sharding
 from catkd_jax.models import canonical_name, create_model, folding
 
 Variables = dict[str, Any]
@@ -164,6 +164,30 @@ def make_train_step(
     return train_step
 
 
+def make_multi_run_step(
+    config: ml_collections.ConfigDict,
+    student: flax.linen.Module,
+    teacher: flax.linen.Module | None,
+    steps_per_epoch: int,
+    plan: runs.RunPlan,
+) -> Callable[[TrainState, dict[str, jax.Array], Variables | None, jax.Array], tuple[TrainState, Metrics]]:
+    """The train step of all of `plan`'s runs at once, vmapped over their stacked states.
+
+    `(states [R, ...], batch, teacher_variables, values [R]) -> (states, metrics [R])`: `batch`
+    is `[B, ...]` when the runs share their inputs, else `[R, B, ...]`; `values` are the swept
+    field's (`plan.values()`). Each run builds its optimiser from its own config, so optimiser
+    fields can be swept. Work that depends on nothing run-specific (the teacher's forward pass
+    on shared inputs) is left unbatched by `vmap`, so it is computed once.
+    """
+
+    def one_run(state, batch, teacher_variables, value):
+        run_config = config if plan.field is None else runs.with_value(config, plan.field, value)
+        tx = create_optimizer(run_config, steps_per_epoch)
+        return make_train_step(run_config, student, teacher, tx, steps_per_epoch)(state, batch, teacher_variables)
+
+    return jax.vmap(one_run, in_axes=(0, None if plan.shared_inputs else 0, None, 0))
+
+
 def make_eval_step(model: flax.linen.Module) -> Callable[[Variables, dict[str, jax.Array]], Metrics]:
     """`(variables, batch) -> sums of top-1 and top-5 hits, loss and count` over unmasked examples."""
 
@@ -187,30 +211,52 @@ def _accumulate(totals: Metrics, metrics: Metrics) -> Metrics:
     return jax.tree_util.tree_map(jnp.add, totals, metrics)
 
 
-def _sum_over(batches: Iterator[dict[str, jax.Array]], step: Callable[[dict], Metrics]) -> dict[str, float]:
+def _sum_over(batches: Iterator[dict[str, jax.Array]], step: Callable[[dict], Metrics]) -> dict[str, np.ndarray]:
     """Runs `step` on every batch, summing its metrics on device; one host transfer at the end."""
     totals = None
     for batch in batches:
         metrics = step(batch)
         totals = metrics if totals is None else _accumulate(totals, metrics)
-    return {name: float(value) for name, value in jax.device_get(totals).items()}
+    return {name: np.asarray(value, np.float64) for name, value in jax.device_get(totals).items()}
+
+
+def _evaluation_result(sums: dict[str, Any]) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (%), mean loss and count from the eval step's sums (one network)."""
+    count = float(sums["count"])
+    return {
+        "test_acc": 100.0 * float(sums["top1"]) / count,
+        "test_acc_top5": 100.0 * float(sums["top5"]) / count,
+        "test_loss": float(sums["loss"]) / count,
+        "test_count": int(count),
+    }
 
 
 def run_evaluation(
     eval_step: Callable, variables: Variables, source: input_pipeline.DataSource, mesh: jax.sharding.Mesh
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Top-1/top-5 accuracy (%) and mean loss over the whole test set, each example once."""
-    sums = _sum_over(
-        sharding.prefetch(source.eval_batches(), mesh),
-        lambda batch: eval_step(variables, batch),
-    )
-    count = sums["count"]
-    return {
-        "test_acc": 100.0 * sums["top1"] / count,
-        "test_acc_top5": 100.0 * sums["top5"] / count,
-        "test_loss": sums["loss"] / count,
-        "test_count": int(count),
-    }
+    sums = _sum_over(sharding.prefetch(source.eval_batches(), mesh), lambda batch: eval_step(variables, batch))
+    return _evaluation_result(sums)
+
+
+def _run_batches(
+    sources: Sequence[input_pipeline.DataSource], batches_of: Callable[[input_pipeline.DataSource], Iterator[dict]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """One source's batches, or the batches of one source per run stacked on a leading run axis."""
+    if len(sources) == 1:
+        yield from batches_of(sources[0])
+        return
+    for parts in zip(*(batches_of(source) for source in sources)):
+        yield {key: np.stack([part[key] for part in parts]) for key in parts[0]}
+
+
+def _evaluate_runs(eval_step, variables, sources, mesh) -> list[dict[str, Any]]:
+    """`_evaluation_result` of every run; `eval_step` and `variables` are stacked over runs."""
+    batches = _run_batches(sources, lambda source: source.eval_batches())
+    sums = _sum_over(sharding.prefetch(batches, mesh, run_axis=len(sources) > 1),
+                     lambda batch: eval_step(variables, batch))
+    num_runs = len(next(iter(sums.values())))
+    return [_evaluation_result({name: value[k] for name, value in sums.items()}) for k in range(num_runs)]
 
 
 # --- Teacher -------------------------------------------------------------------------------
@@ -301,8 +347,61 @@ class _EpochLog:
 # --- The loop ------------------------------------------------------------------------------
 
 
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def _unstack(tree: Any, index: int) -> Any:
+    return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
+
+
+def initial_states(
+    student: flax.linen.Module,
+    plan: runs.RunPlan,
+    run_configs: Sequence[ml_collections.ConfigDict],
+    image_shape: tuple[int, ...],
+    steps_per_epoch: int,
+) -> TrainState:
+    """Every run's fresh state on the host, stacked on a leading run axis.
+
+    Each run's parameters come from its own seed, exactly as a single run's would.
+    """
+    states = []
+    for run, run_config in zip(plan.runs, run_configs):
+        variables = initialize(student, jax.random.fold_in(jax.random.key(run.seed), 0), image_shape)
+        states.append(TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=create_optimizer(run_config, steps_per_epoch).init(variables["params"]),
+        ).as_dict())
+    return TrainState(**_stack(jax.device_get(states)))
+
+
+def _restore(savers, state: TrainState, directories) -> tuple[TrainState, list[dict] | None]:
+    """The runs' stacked state from their latest checkpoints (all after the same epoch), if any."""
+    template = _unstack(state.as_dict(), 0)
+    restored = [saver.restore_latest(template) for saver in savers]
+    if all(item is None for item in restored):
+        return state, None
+    epochs = [None if item is None else item[1]["epoch"] for item in restored]
+    if len(set(epochs)) > 1:
+        listing = ", ".join(f"{path.name}: {epoch or 'none'}" for path, epoch in zip(directories, epochs))
+        raise ValueError(
+            f"the runs' latest checkpoints are after different epochs ({listing}); resume needs them "
+            "equal. Delete the checkpoints/latest steps after the earliest epoch, or start a new workdir"
+        )
+    return TrainState(**_stack([item[0] for item in restored])), [item[1] for item in restored]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains, evaluates every epoch, checkpoints and resumes; returns the final summary."""
+    """Trains, evaluates every epoch, checkpoints and resumes; returns the final summary.
+
+    With `config.runs` asking for several runs (`catkd_jax.runs`), trains them all in one
+    program, each in `workdir/run_<k>`, writes `workdir/summary.json`, prints a table and
+    returns the summary; a run whose loss diverges is reported and left at its last good
+    checkpoint while the others go on.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.create_mesh()
@@ -311,10 +410,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if config.num_epochs < 1:
         raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
     methods.get_method(config.method)
+    plan = runs.plan_runs(config)
+    directories = plan.directories(workdir)
+    run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        for directory, run_config in zip(directories, run_configs):
+            directory.mkdir(exist_ok=True)
+            if plan.multiple:
+                (directory / "config.json").write_text(run_config.to_json_best_effort(indent=2) + "\n")
 
-    source = input_pipeline.create_source(config)
+    # Runs with one seed share their data; otherwise each run has the source its seed makes.
+    sources = [input_pipeline.create_source(run_config)
+               for run_config in (run_configs[:1] if plan.shared_inputs else run_configs)]
+    source = sources[0]
     dtype = activation_dtype(config)
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
@@ -327,91 +436,123 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         teacher_variables = sharding.replicate(teacher_variables, mesh)
 
     steps_per_epoch = source.steps_per_epoch
-    tx = create_optimizer(config, steps_per_epoch)
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    variables = initialize(student, init_key, source.image_shape)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
-    )
-
-    saver = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep)
-    start_epoch, best_acc, best_epoch, final_acc = 1, -1.0, 0, float("nan")
-    restored = saver.restore_latest(jax.tree_util.tree_map(np.asarray, state.as_dict()))
-    if restored is not None:
-        state = TrainState(**restored[0])
-        meta = restored[1]
-        start_epoch, best_acc, best_epoch = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"]
-        final_acc = meta["test_acc"]
-        _report(f"Resuming {workdir} after epoch {meta['epoch']} (best {best_acc:.2f}% at epoch {best_epoch}).")
+    savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep) for directory in directories]
+    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch)
+    state, metas = _restore(savers, state, directories)
+    totals = [dict(best_acc=-1.0, best_epoch=0, final_acc=float("nan"), diverged_epoch=0) for _ in plan.runs]
+    start_epoch = 1
+    if metas is not None:
+        start_epoch = metas[0]["epoch"] + 1
+        for total, meta in zip(totals, metas):
+            total.update(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"], final_acc=meta["test_acc"])
+        best = ", ".join(f"{t['best_acc']:.2f}% at epoch {t['best_epoch']}" for t in totals)
+        _report(f"Resuming {workdir} after epoch {metas[0]['epoch']} (best {best}).")
     state = sharding.replicate(state, mesh)
+    values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
 
-    train_step = jax.jit(make_train_step(config, student, teacher, tx, steps_per_epoch), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(student))
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    log = _EpochLog(workdir, start_epoch - 1)
+    train_step = jax.jit(make_multi_run_step(config, student, teacher, steps_per_epoch, plan), donate_argnums=0)
+    eval_step = jax.jit(jax.vmap(make_eval_step(student), in_axes=(0, None if plan.shared_inputs else 0)))
+    schedules = [learning_rate_schedule(run_config, steps_per_epoch) for run_config in run_configs]
+    logs = [_EpochLog(directory, start_epoch - 1) for directory in directories]
     info = dict(arch=student_arch, num_classes=source.num_classes, classifier_bias=config.student.classifier_bias)
+    step = lambda state, batch: train_step(state, batch, teacher_variables, values)
     try:
         for epoch in range(start_epoch, config.num_epochs + 1):
             started = time.time()
-            state, train = _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, config.num_epochs)
-            if not math.isfinite(train["train_loss"]):
-                kept = (f"The last good checkpoint is kept in {workdir / 'checkpoints'}"
-                        if saver.latest.latest_step() is not None else "No checkpoint was written")
-                raise FloatingPointError(
-                    f"the training loss became {train['train_loss']} in epoch {epoch}; stopping. {kept}. "
-                    "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy."
+            state, train = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs)
+            evaluation = _evaluate_runs(
+                eval_step, {"params": state.params, "batch_stats": state.batch_stats}, sources, mesh
+            )
+            host_state = None
+            for k, (run, directory) in enumerate(zip(plan.runs, directories)):
+                total = totals[k]
+                if total["diverged_epoch"]:
+                    continue
+                if not math.isfinite(train[k]["train_loss"]):
+                    total.update(diverged_epoch=epoch, diverged_loss=train[k]["train_loss"])
+                    if plan.multiple:
+                        _report(f"{run.name} ({plan.describe(run)}): "
+                                f"{_divergence_message(savers[k], directory, epoch, total['diverged_loss'])} "
+                                "The other runs go on.")
+                    continue
+                total["final_acc"] = evaluation[k]["test_acc"]
+                is_best = total["final_acc"] > total["best_acc"]
+                if is_best:
+                    total.update(best_acc=total["final_acc"], best_epoch=epoch)
+                record = dict(
+                    epoch=epoch,
+                    lr=float(schedules[k]((epoch - 1) * steps_per_epoch)),
+                    **train[k],
+                    **{key: value for key, value in evaluation[k].items() if key != "test_count"},
+                    best_test_acc=total["best_acc"],
+                    epoch_seconds=time.time() - started,
                 )
-            evaluation = run_evaluation(eval_step, {"params": state.params, "batch_stats": state.batch_stats}, source, mesh)
-            final_acc = evaluation["test_acc"]
-            is_best = final_acc > best_acc
-            if is_best:
-                best_acc, best_epoch = evaluation["test_acc"], epoch
-            record = dict(
-                epoch=epoch,
-                lr=float(schedule((epoch - 1) * steps_per_epoch)),
-                **train,
-                **{k: v for k, v in evaluation.items() if k != "test_count"},
-                best_test_acc=best_acc,
-                epoch_seconds=time.time() - started,
-            )
-            log.write(record)
-            _report(
-                f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
-                f"test acc {record['test_acc']:.2f}% top5 {record['test_acc_top5']:.2f}% (best {best_acc:.2f}%) "
-                f"| {record['epoch_seconds']:.0f}s"
-            )
-            periodic = epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs
-            if periodic or is_best:
-                meta = dict(info, epoch=epoch, step=int(state.step), best_acc=best_acc, best_epoch=best_epoch,
-                            test_acc=evaluation["test_acc"])
-                saver.save(jax.device_get(state.as_dict()), meta, periodic=periodic, best=is_best)
+                logs[k].write(record)
+                prefix = f"{run.name} ({plan.describe(run)}) " if plan.multiple else ""
+                _report(
+                    f"{prefix}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
+                    f"test acc {record['test_acc']:.2f}% top5 {record['test_acc_top5']:.2f}% "
+                    f"(best {total['best_acc']:.2f}%) | {record['epoch_seconds']:.0f}s"
+                )
+                periodic = epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs
+                if periodic or is_best:
+                    host_state = jax.device_get(state.as_dict()) if host_state is None else host_state
+                    meta = dict(info, epoch=epoch, step=int(host_state["step"][k]), best_acc=total["best_acc"],
+                                best_epoch=total["best_epoch"], test_acc=total["final_acc"], seed=run.seed)
+                    if plan.field is not None:
+                        meta["sweep"] = {plan.field: run.value}
+                    savers[k].save(_unstack(host_state, k), meta, periodic=periodic, best=is_best)
+            if all(total["diverged_epoch"] for total in totals):
+                break
     finally:
-        saver.wait()
-        saver.close()
-        log.close()
+        for saver in savers:
+            saver.wait()
+            saver.close()
+        for log in logs:
+            log.close()
 
-    _report(f"{student_arch} ({config.method}): best test accuracy {best_acc:.2f}% (epoch {best_epoch}), "
-            f"final {final_acc:.2f}%")
-    return dict(best_test_acc=best_acc, best_epoch=best_epoch, final_test_acc=final_acc, epochs=config.num_epochs)
+    results = [dict(best_test_acc=t["best_acc"], best_epoch=t["best_epoch"], final_test_acc=t["final_acc"],
+                    epochs=config.num_epochs, **({"diverged_epoch": t["diverged_epoch"]} if t["diverged_epoch"] else {}))
+               for t in totals]
+    if not plan.multiple:
+        if totals[0]["diverged_epoch"]:
+            message = _divergence_message(savers[0], workdir, totals[0]["diverged_epoch"], totals[0]["diverged_loss"])
+            raise FloatingPointError(f"stopping: {message}")
+        _report(f"{student_arch} ({config.method}): best test accuracy {results[0]['best_test_acc']:.2f}% "
+                f"(epoch {results[0]['best_epoch']}), final {results[0]['final_test_acc']:.2f}%")
+        return results[0]
+    summary = runs.summarize(plan, results)
+    runs.write_summary(workdir, summary)
+    _report(f"{student_arch} ({config.method}), {len(plan.runs)} runs in one program:\n{runs.format_table(summary)}")
+    if all(total["diverged_epoch"] for total in totals):
+        raise FloatingPointError(f"every run diverged; see {workdir / 'summary.json'}")
+    return summary
 
 
+def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.Path, epoch: int, loss: float) -> str:
+    kept = (f"The last good checkpoint is kept in {directory / 'checkpoints'}"
+            if saver.latest.latest_step() is not None else "No checkpoint was written")
+    return (f"the training loss became {loss} in epoch {epoch}. {kept}. "
+            "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy.")
 # Steps dispatched ahead of the device: enough to keep it busy, few enough to bound the memory
 # of queued batches and keep the progress bar truthful.
 _STEPS_IN_FLIGHT = 2
 
 
-def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_epochs):
-    """One pass over the training data; returns the state and the epoch's mean metrics."""
+def _train_epoch(step, state, sources, mesh, epoch, num_epochs) -> tuple[TrainState, list[dict[str, float]]]:
+    """One pass over the training data; returns the state and each run's mean metrics.
+
+    `step(state, batch) -> (state, metrics)` is the multi-run step; `sources` holds one
+    source (inputs shared by all runs) or one per run.
+    """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     totals, in_flight, last_refresh = None, collections.deque(), time.time()
-    with tqdm(total=source.steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
+    batches = _run_batches(sources, lambda source: source.train_batches(epoch))
+    with tqdm(total=sources[0].steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
               disable=jax.process_index() != 0) as bar:
-        for batch in sharding.prefetch(source.train_batches(epoch), mesh):
-            state, metrics = train_step(state, batch, teacher_variables)
+        for batch in sharding.prefetch(batches, mesh, run_axis=len(sources) > 1):
+            state, metrics = step(state, batch)
             totals = metrics if totals is None else _accumulate(totals, metrics)
             in_flight.append(metrics)
             if len(in_flight) > _STEPS_IN_FLIGHT:
@@ -419,15 +560,19 @@ def _train_epoch(train_step, state, teacher_variables, source, mesh, epoch, num_
                 bar.update()
             if time.time() - last_refresh > 2.0:  # a transfer to the host, so not every step
                 current = jax.device_get(totals)
-                bar.set_postfix(loss=f"{current['loss'] / current['count']:.4f}",
-                                acc=f"{100 * current['correct'] / current['count']:.2f}%")
+                bar.set_postfix(loss=f"{np.mean(current['loss'] / current['count']):.4f}",
+                                acc=f"{np.mean(100 * current['correct'] / current['count']):.2f}%")
                 last_refresh = time.time()
         sums = jax.device_get(totals)
         bar.update(len(in_flight))
-    count = float(sums.pop("count"))
-    result = {"train_loss": float(sums.pop("loss")) / count, "train_acc": 100.0 * float(sums.pop("correct")) / count}
-    result.update({f"train_{name}": float(value) / count for name, value in sums.items()})
-    return state, result
+    results = []
+    for k in range(len(sums["count"])):
+        run_sums = {name: float(value[k]) for name, value in sums.items()}
+        count = run_sums.pop("count")
+        result = {"train_loss": run_sums.pop("loss") / count, "train_acc": 100.0 * run_sums.pop("correct") / count}
+        result.update({f"train_{name}": value / count for name, value in run_sums.items()})
+        results.append(result)
+    return state, results
 
 
 def load_network(
@@ -444,13 +589,31 @@ def load_network(
     return create_model(info["arch"], num_classes, dtype, has_bias), variables, info
 
 
-def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> dict[str, float]:
-    """Evaluates the network saved at `checkpoint` on the test set and prints one line."""
+def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Evaluates the network saved at `checkpoint` on the test set and prints one line.
+
+    A multi-run workdir (`run_<k>` directories, `catkd_jax.runs`) evaluates every run, prints a
+    line each and the mean ± std, and returns `{"runs": [...], "test_acc": {"mean", "std"}}`.
+    """
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    path = pathlib.Path(checkpoint)
+    run_dirs = runs.run_directories(path) if path.is_dir() and not (path / "checkpoints").exists() else []
+    if not run_dirs:
+        return _evaluate_network(config, checkpoint, mesh)
+    results = [_evaluate_network(config, directory, mesh, label=f"{directory.name}: ") for directory in run_dirs]
+    accuracies = np.asarray([result["test_acc"] for result in results])
+    spread = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
+    print(f"mean ± std over {len(results)} runs: top1 {accuracies.mean():.2f} ± {spread:.2f}")
+    return {"runs": results, "test_acc": {"mean": float(accuracies.mean()), "std": spread}}
+
+
+def _evaluate_network(config, checkpoint, mesh, label: str = "") -> dict[str, Any]:
     source = input_pipeline.create_source(config)
-    model, variables, _ = load_network(checkpoint, config.student.arch, source.num_classes, activation_dtype(config))
+    model, variables, info = load_network(checkpoint, config.student.arch, source.num_classes, activation_dtype(config))
+    if info.get("seed", config.seed) != config.seed:  # generated data sets depend on the seed
+        source = input_pipeline.create_source(runs.with_value(config, "seed", info["seed"]))
     result = run_evaluation(jax.jit(make_eval_step(model)), sharding.replicate(variables, mesh), source, mesh)
-    print(f"top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
+    print(f"{label}top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
           f"({result['test_count']} images)")
     return result

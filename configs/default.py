@@ -93,6 +93,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_train_size = 1024  # sizes of the generated sets ('synthetic', 'shapes')
     config.data.synthetic_test_size = 256
 
+    # Several independent students in one program (catkd_jax/runs.py), each in <workdir>/run_<k>,
+    # with a summary table: one per seed, e.g. (0, 1, 2, 3, 4) (empty: the one run of `seed`),
+    # and/or one per value of a float field of optim/cat_kd/kd/dkd, e.g. 'cat_kd.beta=10,50,100'
+    # (all with `seed`, so the runs differ by that value alone). Both: every (value, seed) pair.
+    config.runs = ml_collections.ConfigDict()
+    config.runs.seeds = ()
+    config.runs.sweep = ""
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 10  # also after the last epoch; resuming starts from here
     config.checkpoint.keep = 2  # periodic checkpoints kept, besides the best one
