@@ -1,4 +1,4 @@
-"""PyTorch checkpoints of the mdistiller toolbox <-> Flax variables of this project.
+"""PyTorch checkpoints (mdistiller toolbox, torchvision model zoo) <-> Flax variables.
 
 The Flax models name every submodule after the PyTorch module it mirrors, so the mapping is
 mechanical: the PyTorch key of a Flax leaf is its module path joined with dots plus
@@ -11,7 +11,9 @@ mechanical: the PyTorch key of a Flax leaf is its module path joined with dots p
 
 and every BatchNorm also has a `num_batches_tracked` buffer (read and ignored; written as 0).
 The classifier is 'classifier' here and `model.torch_classifier_name` there ('fc', 'linear',
-'classifier', 'classifier.0').
+'classifier', 'classifier.0'). The ImageNet models are named like torchvision's ResNets
+(`conv1`, `layer2.0.downsample.0`, `fc`) and mdistiller's MobileNetV1 (`model.3.4`, `fc`), so
+torchvision's published ResNet state dicts import as they are.
 
 Two layouts are read. The plain layout (published teachers) has a linear classifier with a
 bias. The CAM-head layout of the CAT-KD code replaces it by `conv_test.weight` `[C, K, 1, 1]`
@@ -21,7 +23,8 @@ Where a CAM-head file still carries the unused linear classifier (MobileNetV2), 
 
 CLI:
     python -m catkd_jax.convert --arch resnet32x4 --checkpoint in.pth --output DIR
-writes DIR in this project's model format (`catkd_jax.checkpoints.save_model`).
+writes DIR in this project's model format (`catkd_jax.checkpoints.save_model`); the class
+count is read from the checkpoint's classifier unless `--num-classes` is given.
 """
 
 from __future__ import annotations
@@ -85,8 +88,14 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return _to_torch_layout(np.empty(flax_shape, np.bool_)).shape
 
 
-def torch_layout(arch: str, num_classes: int = 100, classifier_bias: bool = True) -> dict[str, _Leaf]:
-    """PyTorch key -> the Flax leaf it maps to, for architecture `arch` (no computation)."""
+def torch_layout(
+    arch: str, num_classes: int | None = None, classifier_bias: bool = True
+) -> dict[str, _Leaf]:
+    """PyTorch key -> the Flax leaf it maps to, for architecture `arch` (no computation).
+
+    `num_classes=None` is the architecture's default (100 CIFAR, 1000 ImageNet). Parameter
+    shapes do not depend on the input size, so a 32x32 input serves every architecture.
+    """
     model = create_model(arch, num_classes=num_classes, classifier_bias=classifier_bias)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
@@ -126,15 +135,17 @@ def _describe(problems: list[str], what: str, limit: int = 20) -> str:
 def from_torch_state_dict(
     state_dict: Mapping[str, Any],
     arch: str,
-    num_classes: int = 100,
+    num_classes: int | None = None,
     classifier_bias: bool = True,
 ) -> Variables:
     """A PyTorch state dict (plain or CAM-head layout) -> `{"params", "batch_stats"}`.
 
     Arrays may be numpy arrays or anything `np.asarray` accepts (CPU torch tensors).
+    `num_classes=None` is the architecture's default (100 CIFAR, 1000 ImageNet).
     Raises `CheckpointMismatchError` listing every missing, unexpected and mis-shaped key.
     """
     arch = canonical_name(arch)
+    num_classes = create_model(arch, num_classes).num_classes
     layout = torch_layout(arch, num_classes, classifier_bias)
     classifier = create_model(arch).torch_classifier_name
     state = {key.removeprefix("module."): value for key, value in state_dict.items()}
@@ -217,8 +228,21 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str) -> dict[str, np
     return state
 
 
+def checkpoint_num_classes(state_dict: Mapping[str, Any], arch: str) -> int | None:
+    """The class count of a state dict's classifier for `arch`, or None if it has none."""
+    classifier = create_model(arch).torch_classifier_name
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    for key in (_CAM_HEAD_KEY, f"{classifier}.weight"):  # either way, [C, K(, 1, 1)]
+        if key in state:
+            return int(np.shape(state[key])[0])
+    return None
+
+
 def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a `.pth` (`{"model": state_dict, ...}` or a bare state dict) as numpy arrays.
+
+    Published torchvision weights are bare state dicts, mdistiller's checkpoints the wrapped
+    form.
 
     Unpickling is restricted (`weights_only=True`), so an untrusted file cannot run code.
     `module.` prefixes (from DataParallel) are stripped. Needs PyTorch installed.
@@ -259,18 +283,28 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m catkd_jax.convert",
-        description="Convert a PyTorch (mdistiller layout) checkpoint into a catkd-jax model.",
+        description="Convert a PyTorch (mdistiller or torchvision layout) checkpoint into a "
+        "catkd-jax model.",
     )
     parser.add_argument("--arch", required=True, help="architecture, e.g. resnet32x4")
     parser.add_argument("--checkpoint", required=True, help="the .pth file")
     parser.add_argument("--output", required=True, help="directory to write (must not exist)")
-    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="class count (default: the rows of the checkpoint's classifier)",
+    )
     args = parser.parse_args(argv)
 
     arch = canonical_name(args.arch)
-    variables = from_torch_state_dict(load_torch_checkpoint(args.checkpoint), arch, args.num_classes)
-    checkpoints.save_model(args.output, variables, arch=arch, num_classes=args.num_classes)
-    print(f"wrote {arch} ({args.num_classes} classes) to {args.output}")
+    state_dict = load_torch_checkpoint(args.checkpoint)
+    # Without a classifier in the file, the architecture's default, and the importer says so.
+    num_classes = args.num_classes or checkpoint_num_classes(state_dict, arch)
+    num_classes = create_model(arch, num_classes).num_classes
+    variables = from_torch_state_dict(state_dict, arch, num_classes)
+    checkpoints.save_model(args.output, variables, arch=arch, num_classes=num_classes)
+    print(f"wrote {arch} ({num_classes} classes) to {args.output}")
 
 
 if __name__ == "__main__":

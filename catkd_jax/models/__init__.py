@@ -1,8 +1,16 @@
-"""Model registry: `create_model(name, ...)` builds any CIFAR architecture of the paper.
+"""Model registry: `create_model(name, ...)` builds any architecture of the paper.
+
+CIFAR (32x32 inputs, 100 classes by default): the mdistiller toolbox's models under its names
+(resnet8 ... resnet32x4, wrn_*, vgg*, MobileNetV2, ShuffleV1/V2, and its CIFAR ResNet18 and
+ResNet50, which keep the names "ResNet18"/"ResNet50" and the aliases "resnet18"/"resnet50").
+ImageNet (224x224 inputs, 1000 classes by default): torchvision's ResNets as
+"imagenet_resnet18/34/50" (alias "res34") and mdistiller's ImageNet MobileNet as
+"imagenet_mobilenet_v1" (alias "MobileNetV1").
 
 Every model: `__call__(x [N, H, W, 3], train: bool) -> (logits [N, C], features [N, h, w, K])`,
 where `features` is the map that the classifier (an `nn.Dense` named 'classifier', kernel
-`[K, C]`) global-average-pools, so `features @ kernel` are the class activation maps.
+`[K, C]`) global-average-pools, so `features @ kernel` are the class activation maps
+(8x8 ... 2x2 for the CIFAR models at 32x32, 7x7 for the ImageNet models at 224x224).
 """
 
 from __future__ import annotations
@@ -13,7 +21,16 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from catkd_jax.models import mobilenet_v2, resnet, resnet_v2, shufflenet_v1, shufflenet_v2, vgg, wrn
+from catkd_jax.models import (
+    imagenet,
+    mobilenet_v2,
+    resnet,
+    resnet_v2,
+    shufflenet_v1,
+    shufflenet_v2,
+    vgg,
+    wrn,
+)
 from catkd_jax.models.layers import Dtype
 
 _P = functools.partial
@@ -35,6 +52,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **shufflenet_v1.MODELS,
     **shufflenet_v2.MODELS,
     **resnet_v2.MODELS,
+    # Prefixed: "ResNet18"/"ResNet50" are the CIFAR variants' names in the toolbox.
+    **imagenet.MODELS,
 }
 
 # Short names used by the paper's configuration files, and the toolbox's other spellings.
@@ -54,6 +73,8 @@ _ALIASES: dict[str, str] = {
     "shuv2": "ShuffleV2",
     "res50": "ResNet50",
     "res18": "ResNet18",
+    "res34": "imagenet_resnet34",  # ResNet34 only exists at ImageNet scale
+    "MobileNetV1": "imagenet_mobilenet_v1",  # the name of mdistiller's ImageNet student
 }
 
 
@@ -78,13 +99,19 @@ def canonical_name(name: str) -> str:
 
 
 def create_model(
-    name: str, num_classes: int = 100, dtype: Dtype = jnp.float32, classifier_bias: bool = True
+    name: str,
+    num_classes: int | None = None,
+    dtype: Dtype = jnp.float32,
+    classifier_bias: bool = True,
 ) -> nn.Module:
     """Builds architecture `name` (canonical or alias) with `num_classes` outputs.
 
-    `dtype` is the activation dtype (parameters, BatchNorm statistics stay float32);
-    `classifier_bias=False` drops the classifier's bias, as in CAM-head checkpoints.
+    `num_classes=None` is the architecture's dataset: 100 (CIFAR-100) for the CIFAR models,
+    1000 for the ImageNet ones. `dtype` is the activation dtype (parameters, BatchNorm
+    statistics stay float32); `classifier_bias=False` drops the classifier's bias, as in
+    CAM-head checkpoints.
     """
-    return _REGISTRY[canonical_name(name)](
-        num_classes=num_classes, dtype=dtype, classifier_bias=classifier_bias
-    )
+    builder = _REGISTRY[canonical_name(name)]
+    if num_classes is not None:
+        builder = functools.partial(builder, num_classes=num_classes)
+    return builder(dtype=dtype, classifier_bias=classifier_bias)

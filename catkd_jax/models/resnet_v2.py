@@ -19,11 +19,16 @@ from catkd_jax.models.resnet import BasicBlock, shortcut
 
 
 class Bottleneck(nn.Module):
-    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(4x)-BN, plus the (projected) input, ReLU."""
+    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(4x)-BN, plus the (projected) input, ReLU.
+
+    The stride sits on the 3x3 conv (torchvision's "v1.5"). `shortcut_name` is what the
+    reference calls the projection: 'shortcut' here, 'downsample' in torchvision's ResNet50.
+    """
 
     planes: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    shortcut_name: str = "shortcut"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -35,7 +40,8 @@ class Bottleneck(nn.Module):
         out = nn.relu(norm("bn2")(out))
         out = conv(width, 1, padding=0, dtype=self.dtype, name="conv3")(out)
         out = norm("bn3")(out)
-        return nn.relu(out + shortcut(x, width, self.stride, train, self.dtype, "shortcut"))
+        residual = shortcut(x, width, self.stride, train, self.dtype, self.shortcut_name)
+        return nn.relu(out + residual)
 
 
 class ResNetV2(nn.Module):

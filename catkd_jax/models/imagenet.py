@@ -1,0 +1,136 @@
+"""ImageNet architectures of the CAT-KD ImageNet experiments: ResNet18/34/50 and MobileNetV1.
+
+The ResNets are torchvision's (which mdistiller's ImageNet ResNets load their teachers from):
+a 7x7 stride-2 stem, a 3x3 stride-2 max pool, four stages (64, 128, 256, 512 planes; stride
+1, 2, 2, 2) of basic or bottleneck (expansion 4, stride on the 3x3 conv: "v1.5") blocks, with
+the projection called `downsample`. MobileNetV1 is mdistiller's `models/imagenet/mobilenetv1.py`
+(the students' "MobileNet"): a 3x3 stride-2 stem and 13 depthwise-separable blocks, all one
+`nn.Sequential` called `model`. Both downsample by 32, so `features` is `[N, 7, 7, K]` for the
+224x224 inputs of ImageNet training (K = 512, 2048 or 1024) and the classifier is `fc`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, torch_default_kernel_init
+from catkd_jax.models.resnet import BasicBlock
+from catkd_jax.models.resnet_v2 import Bottleneck
+
+
+def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """`nn.MaxPool2d(3, stride=2, padding=1)`: `[N, H, W, K] -> [N, ceil(H / 2), ceil(W / 2), K]`.
+
+    Flax pads a max pool with -inf, as PyTorch does, so the padding never wins the max.
+    """
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ImageNetResNet(nn.Module):
+    """`__call__(x [N, 224, 224, 3], train) -> (logits [N, C], features [N, 7, 7, 512 * e])`.
+
+    `e` is the block's expansion: 1 for ResNet18/34, 4 for ResNet50. `features` is the ReLU
+    output of the last block (torchvision's input to `avgpool`).
+    """
+
+    block: Callable[..., nn.Module]  # BasicBlock or Bottleneck, projection named 'downsample'
+    num_blocks: Sequence[int]  # per stage
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32
+    classifier_bias: bool = True
+
+    torch_classifier_name: ClassVar[str] = "fc"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        x = x.astype(self.dtype)
+        x = conv(64, 7, stride=2, padding=3, dtype=self.dtype, name="conv1")(x)
+        x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
+        x = _max_pool_3x3_s2(x)
+        stages = zip((64, 128, 256, 512), (1, 2, 2, 2), self.num_blocks)
+        for stage, (planes, stride, count) in enumerate(stages, start=1):
+            for index in range(count):
+                x = self.block(
+                    planes,
+                    stride if index == 0 else 1,
+                    dtype=self.dtype,
+                    name=f"layer{stage}.{index}",
+                )(x, train)
+        # torchvision keeps PyTorch's default Linear init for `fc`, which `classify` defaults to.
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        return logits, x
+
+
+# (output channels, stride) of mdistiller's 13 depthwise-separable blocks, `model.1` ... `model.13`.
+_MOBILENET_V1_BLOCKS: tuple[tuple[int, int], ...] = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+
+
+class MobileNetV1(nn.Module):
+    """`__call__(x [N, 224, 224, 3], train) -> (logits [N, C], features [N, 7, 7, 1024])`.
+
+    Module names are the reference's `nn.Sequential` indices: `model.0.0`/`model.0.1` the stem
+    conv/BN, `model.k.0`/`model.k.1` block k's depthwise conv/BN and `model.k.3`/`model.k.4` its
+    pointwise conv/BN (indices 2 and 5 are the parameter-free ReLUs). `features` is the ReLU
+    output of the last block. The reference sets no init, so convs get PyTorch's default.
+    """
+
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32
+    classifier_bias: bool = True
+
+    torch_classifier_name: ClassVar[str] = "fc"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        norm = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
+        conv_ = functools.partial(conv, dtype=self.dtype, kernel_init=torch_default_kernel_init)
+        x = x.astype(self.dtype)
+        x = conv_(32, 3, stride=2, name="model.0.0")(x)
+        x = nn.relu(norm("model.0.1")(x))
+        for index, (channels, stride) in enumerate(_MOBILENET_V1_BLOCKS, start=1):
+            # Depthwise (one 3x3 filter per channel), then pointwise 1x1 mixing the channels.
+            width = x.shape[-1]
+            x = conv_(width, 3, stride=stride, groups=width, name=f"model.{index}.0")(x)
+            x = nn.relu(norm(f"model.{index}.1")(x))
+            x = conv_(channels, 1, padding=0, name=f"model.{index}.3")(x)
+            x = nn.relu(norm(f"model.{index}.4")(x))
+        # The reference's AvgPool2d(7) is the global average pool at 224x224; `fc` keeps
+        # PyTorch's default Linear init.
+        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        return logits, x
+
+
+_TORCHVISION_BASIC = functools.partial(BasicBlock, shortcut_name="downsample")
+_TORCHVISION_BOTTLENECK = functools.partial(Bottleneck, shortcut_name="downsample")
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "imagenet_resnet18": functools.partial(
+        ImageNetResNet, block=_TORCHVISION_BASIC, num_blocks=(2, 2, 2, 2)
+    ),
+    "imagenet_resnet34": functools.partial(
+        ImageNetResNet, block=_TORCHVISION_BASIC, num_blocks=(3, 4, 6, 3)
+    ),
+    "imagenet_resnet50": functools.partial(
+        ImageNetResNet, block=_TORCHVISION_BOTTLENECK, num_blocks=(3, 4, 6, 3)
+    ),
+    "imagenet_mobilenet_v1": MobileNetV1,
+}
