@@ -1,7 +1,8 @@
-"""catkd-jax command line: train, evaluate, visualise.
+"""catkd-jax command line: train, evaluate, visualise, linear-probe.
 
     python main.py --config configs/cifar100_res32x4_res8x4.py [--config.a.b=value ...]
     python main.py --config configs/cifar100_res32x4_res8x4.py --mode eval --checkpoint runs/X
+    python main.py --config configs/cifar100_res32x4_res8x4.py --mode linear_probe --checkpoint runs/X
 
 All logic lives in `catkd_jax`; this file only parses flags and reports the environment.
 """
@@ -13,16 +14,18 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catkd_jax import quickstart, train, visualize
+from catkd_jax import probe, quickstart, train, visualize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "visualize"],
-    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams.png).",
+    "mode", "train", ["train", "eval", "visualize", "linear_probe"],
+    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams.png); linear_probe "
+    "(a linear classifier on the frozen network's features of config.probe.data, "
+    "writes <workdir>/linear_probe.json).",
 )
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "For eval and visualize: a workdir, checkpoint or model directory, or a .pth."
+    "checkpoint", None, "For eval, visualize and linear_probe: a workdir, checkpoint or model directory, or a .pth."
 )
 flags.mark_flags_as_required(["config"])
 
@@ -43,12 +46,14 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
-    if _MODE.value in ("eval", "visualize") and not _CHECKPOINT.value:
+    if _MODE.value in ("eval", "visualize", "linear_probe") and not _CHECKPOINT.value:
         raise app.UsageError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
     if _MODE.value == "eval":
         train.evaluate(config, _CHECKPOINT.value)
     elif _MODE.value == "visualize":
         visualize.visualize(config, _CHECKPOINT.value, workdir)
+    elif _MODE.value == "linear_probe":
+        probe.run(config, _CHECKPOINT.value, workdir)
     elif config.pipeline == "quickstart":
         quickstart.run(config, workdir)
     elif config.pipeline == "single":

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> dict:
             config.runs.sweep = "optim.lr=" + ",".join(str(0.05 * (k + 1)) for k in range(args.runs))
     elif args.runs > 1:
         config.runs.seeds = tuple(range(args.runs))
+    config.runs.vectorize = args.vectorize
     plan = runs.plan_runs(config)
+    vectorize = runs.vectorize(config)
     dtype = jnp.dtype(args.dtype)
     num_classes = 100
     mesh = sharding.create_mesh()
@@ -84,9 +86,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     train_batch = {key: batch[key] for key in ("image", "label")}
     train_step = jax.jit(
-        train.make_multi_run_step(config, student, teacher, steps_per_epoch, plan), donate_argnums=0
+        train.make_multi_run_step(config, student, teacher, steps_per_epoch, plan, vectorize), donate_argnums=0
     )
-    eval_step = jax.jit(jax.vmap(train.make_eval_step(student), in_axes=(0, None if plan.shared_inputs else 0)))
+    eval_step = jax.jit(train.make_multi_run_eval_step(student, plan, vectorize))
 
     started = time.perf_counter()
     state, metrics = train_step(state, train_batch, teacher_variables, values)
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "runs": args.runs,
         "shared_inputs": plan.shared_inputs,
+        "vectorized": vectorize,
         "dtype": args.dtype,
         "teacher_batch_norm_folded": args.fold_batch_norm if teacher is not None else None,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -138,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shared-inputs", action="store_true",
                         help="with --runs: the runs share their batches, as in a sweep (an optim.lr sweep "
                              "here); otherwise each has its own, as with seeds")
+    parser.add_argument("--vectorize", default="auto", choices=["auto", "vmap", "unroll"],
+                        help="with --runs: config.runs.vectorize")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 

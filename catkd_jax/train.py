@@ -69,13 +69,20 @@ def _outputs(model_output: tuple[jax.Array, jax.Array], params: Variables) -> me
 # --- Optimisation --------------------------------------------------------------------------
 
 
+def base_learning_rate(config: ml_collections.ConfigDict) -> float:
+    """`optim.lr`, scaled linearly to `batch_size` when `optim.lr_batch_size` names its batch."""
+    if config.optim.lr_batch_size:
+        return config.optim.lr * config.batch_size / config.optim.lr_batch_size
+    return config.optim.lr
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """Constant within an epoch; times decay_rate after each epoch listed in decay_epochs."""
     boundaries = {}
     for epoch in sorted(config.optim.decay_epochs):
         step = int(epoch) * steps_per_epoch
         boundaries[step] = boundaries.get(step, 1.0) * config.optim.decay_rate
-    return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
+    return optax.piecewise_constant_schedule(base_learning_rate(config), boundaries)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -108,34 +115,41 @@ def _accuracy_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> t
     return jnp.sum(hits[:, 0] & mask), jnp.sum(jnp.any(hits, axis=1) & mask)
 
 
-def make_train_step(
+def make_teacher_forward(
+    config: ml_collections.ConfigDict, teacher: flax.linen.Module | None
+) -> Callable[[Variables, jax.Array], methods.Outputs] | None:
+    """The frozen teacher's inference `(variables, images [N, H, W, 3]) -> Outputs`, or None.
+
+    `variables` are those of `teacher_inference_variables`; no gradient flows through it.
+    """
+    if teacher is None:
+        return None
+    if config.teacher.fold_batch_norm:
+        apply = functools.partial(folding.apply_folded, teacher)
+    else:
+        apply = lambda variables, images: teacher.apply(variables, images, train=False)
+
+    def forward(variables: Variables, images: jax.Array) -> methods.Outputs:
+        return jax.lax.stop_gradient(_outputs(apply(variables, images), variables["params"]))
+
+    return forward
+
+
+def make_student_step(
     config: ml_collections.ConfigDict,
     student: flax.linen.Module,
-    teacher: flax.linen.Module | None,
     tx: optax.GradientTransformation,
     steps_per_epoch: int,
-) -> Callable[[TrainState, dict[str, jax.Array], Variables | None], tuple[TrainState, Metrics]]:
-    """The pure train step `(state, batch, teacher_variables) -> (state, metrics)`.
+) -> Callable[[TrainState, dict[str, jax.Array], methods.Outputs | None], tuple[TrainState, Metrics]]:
+    """`(state, batch, teacher_outputs) -> (state, metrics)`: the student's update alone.
 
-    The teacher runs in inference mode and is never differentiated; its variables are those of
-    `teacher_inference_variables`. Metrics are per-step sums (`loss`, each loss term,
-    `correct`, `count`) that stay on device.
+    Metrics are per-step sums (`loss`, each loss term, `correct`, `count`) that stay on device.
     """
     method = methods.get_method(config.method)
-    if config.teacher.fold_batch_norm:
-        teacher_forward = functools.partial(folding.apply_folded, teacher)
-    else:
-        teacher_forward = lambda variables, images: teacher.apply(variables, images, train=False)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Variables | None):
+    def student_step(state: TrainState, batch: dict[str, jax.Array], teacher_outputs: methods.Outputs | None):
         images, labels = batch["image"], batch["label"]
         epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
-        teacher_outputs = None
-        if teacher is not None:
-            teacher_outputs = _outputs(
-                teacher_forward(teacher_variables, images), teacher_variables["params"]
-            )
-            teacher_outputs = jax.lax.stop_gradient(teacher_outputs)
 
         def loss_fn(params):
             output, updates = student.apply(
@@ -161,6 +175,28 @@ def make_train_step(
         metrics.update(loss=loss * count, correct=correct.astype(jnp.float32), count=jnp.float32(count))
         return new_state, metrics
 
+    return student_step
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    student: flax.linen.Module,
+    teacher: flax.linen.Module | None,
+    tx: optax.GradientTransformation,
+    steps_per_epoch: int,
+) -> Callable[[TrainState, dict[str, jax.Array], Variables | None], tuple[TrainState, Metrics]]:
+    """The pure train step `(state, batch, teacher_variables) -> (state, metrics)` of one run.
+
+    The teacher (`make_teacher_forward`) runs in inference mode, then the student updates
+    (`make_student_step`).
+    """
+    teacher_forward = make_teacher_forward(config, teacher)
+    student_step = make_student_step(config, student, tx, steps_per_epoch)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Variables | None):
+        teacher_outputs = None if teacher_forward is None else teacher_forward(teacher_variables, batch["image"])
+        return student_step(state, batch, teacher_outputs)
+
     return train_step
 
 
@@ -170,22 +206,59 @@ def make_multi_run_step(
     teacher: flax.linen.Module | None,
     steps_per_epoch: int,
     plan: runs.RunPlan,
+    vectorize: bool,
 ) -> Callable[[TrainState, dict[str, jax.Array], Variables | None, jax.Array], tuple[TrainState, Metrics]]:
-    """The train step of all of `plan`'s runs at once, vmapped over their stacked states.
+    """The train step of all of `plan`'s runs at once, over their stacked states.
 
     `(states [R, ...], batch, teacher_variables, values [R]) -> (states, metrics [R])`: `batch`
     is `[B, ...]` when the runs share their inputs, else `[R, B, ...]`; `values` are the swept
-    field's (`plan.values()`). Each run builds its optimiser from its own config, so optimiser
-    fields can be swept. Work that depends on nothing run-specific (the teacher's forward pass
-    on shared inputs) is left unbatched by `vmap`, so it is computed once.
+    field's (`plan.values()`). The teacher runs once on the shared batch, or once on all runs'
+    batches together. The students are `jax.vmap`ped (`vectorize`: one batched program, for
+    accelerators) or their steps unrolled one after another in the same program (XLA's CPU
+    convolutions are several times slower batched over runs; see `runs.vectorize`). Each run
+    builds its optimiser from its own config, so optimiser fields can be swept.
     """
+    teacher_forward = make_teacher_forward(config, teacher)
+    run_axis = None if plan.shared_inputs else 0
 
-    def one_run(state, batch, teacher_variables, value):
+    def one_run(state, batch, teacher_outputs, value):
         run_config = config if plan.field is None else runs.with_value(config, plan.field, value)
         tx = create_optimizer(run_config, steps_per_epoch)
-        return make_train_step(run_config, student, teacher, tx, steps_per_epoch)(state, batch, teacher_variables)
+        return make_student_step(run_config, student, tx, steps_per_epoch)(state, batch, teacher_outputs)
 
-    return jax.vmap(one_run, in_axes=(0, None if plan.shared_inputs else 0, None, 0))
+    def multi_run_step(states, batch, teacher_variables, values):
+        teacher_outputs = None
+        if teacher_forward is not None:
+            forward = teacher_forward if plan.shared_inputs else jax.vmap(teacher_forward, in_axes=(None, 0))
+            teacher_outputs = forward(teacher_variables, batch["image"])
+        over_runs = _over_runs(one_run, len(plan.runs), (0, run_axis, run_axis, 0), vectorize)
+        return over_runs(states, batch, teacher_outputs, values)
+
+    return multi_run_step
+
+
+def make_multi_run_eval_step(
+    model: flax.linen.Module, plan: runs.RunPlan, vectorize: bool
+) -> Callable[[Variables, dict[str, jax.Array]], Metrics]:
+    """`make_eval_step` of all of `plan`'s runs: `(variables [R, ...], batch) -> metrics [R]`."""
+    run_axis = None if plan.shared_inputs else 0
+    return _over_runs(make_eval_step(model), len(plan.runs), (0, run_axis), vectorize)
+
+
+def _over_runs(fn: Callable, num_runs: int, in_axes: tuple[int | None, ...], vectorize: bool) -> Callable:
+    """`fn` over the leading run axis of its arguments whose `in_axes` is 0 (None: shared).
+
+    Vectorised with `jax.vmap`, or unrolled: one call per run in the same program, stacked.
+    """
+    if vectorize:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def unrolled(*args):
+        results = [fn(*(arg if axis is None else _unstack(arg, k) for arg, axis in zip(args, in_axes)))
+                   for k in range(num_runs)]
+        return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *results)
+
+    return unrolled
 
 
 def make_eval_step(model: flax.linen.Module) -> Callable[[Variables, dict[str, jax.Array]], Metrics]:
@@ -380,7 +453,7 @@ def initial_states(
 
 def _restore(savers, state: TrainState, directories) -> tuple[TrainState, list[dict] | None]:
     """The runs' stacked state from their latest checkpoints (all after the same epoch), if any."""
-    template = _unstack(state.as_dict(), 0)
+    template = jax.tree_util.tree_map(np.asarray, _unstack(state.as_dict(), 0))
     restored = [saver.restore_latest(template) for saver in savers]
     if all(item is None for item in restored):
         return state, None
@@ -436,6 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         teacher_variables = sharding.replicate(teacher_variables, mesh)
 
     steps_per_epoch = source.steps_per_epoch
+    if config.optim.lr_batch_size and config.batch_size != config.optim.lr_batch_size:
+        _report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
+                f"scaled linearly to {base_learning_rate(config):g} for the batch of {config.batch_size}.")
     savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep) for directory in directories]
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch)
     state, metas = _restore(savers, state, directories)
@@ -450,8 +526,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state = sharding.replicate(state, mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
 
-    train_step = jax.jit(make_multi_run_step(config, student, teacher, steps_per_epoch, plan), donate_argnums=0)
-    eval_step = jax.jit(jax.vmap(make_eval_step(student), in_axes=(0, None if plan.shared_inputs else 0)))
+    vectorize = runs.vectorize(config)
+    train_step = jax.jit(make_multi_run_step(config, student, teacher, steps_per_epoch, plan, vectorize),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_multi_run_eval_step(student, plan, vectorize))
     schedules = [learning_rate_schedule(run_config, steps_per_epoch) for run_config in run_configs]
     logs = [_EpochLog(directory, start_epoch - 1) for directory in directories]
     info = dict(arch=student_arch, num_classes=source.num_classes, classifier_bias=config.student.classifier_bias)
@@ -501,7 +579,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                 best_epoch=total["best_epoch"], test_acc=total["final_acc"], seed=run.seed)
                     if plan.field is not None:
                         meta["sweep"] = {plan.field: run.value}
-                    savers[k].save(_unstack(host_state, k), meta, periodic=periodic, best=is_best)
+                    savers[k].save(jax.tree_util.tree_map(np.asarray, _unstack(host_state, k)), meta, periodic=periodic, best=is_best)
             if all(total["diverged_epoch"] for total in totals):
                 break
     finally:

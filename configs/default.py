@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 5e-4
     config.optim.decay_epochs = (150, 180, 210)
     config.optim.decay_rate = 0.1
+    # Linear scaling: with lr_batch_size > 0, optim.lr is the rate for a global batch of that
+    # size and the rate used is lr * batch_size / lr_batch_size (ImageNet configs: lr 0.2 at
+    # 512). 0 uses optim.lr as it is.
+    config.optim.lr_batch_size = 0
 
     config.batch_size = 64  # global, over all devices and hosts
     config.eval_batch_size = 64  # global; the last test batch is padded and masked
@@ -83,7 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (parameters stay f32)
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "cifar100"  # 'cifar100' or 'cifar10': class count, normalisation
+    # 'cifar100', 'cifar10' or 'imagenet2012': class count, normalisation, recipe. ImageNet is
+    # streamed from TFDS records or folders (train/<wnid>/, val/<wnid>/), never held in memory;
+    # TFDS needs a manual download and `tfds build` (see catkd_jax/input_pipeline.py).
+    config.data.name = "cifar100"
     # 'tfds', 'folder' (class sub-folders of images), 'synthetic' (learnable random data) or
     # 'shapes' (generated objects of 5 classes with their boxes; ignores data.name).
     config.data.source = "tfds"
@@ -92,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.reserved_rate = 1.0  # keep the first rate * n training images of each class
     config.data.synthetic_train_size = 1024  # sizes of the generated sets ('synthetic', 'shapes')
     config.data.synthetic_test_size = 256
+    # imagenet2012 only: side of the square crops (0 = 224); training takes random-resized
+    # crops of it, evaluation the centre crop after resizing the shorter side to size * 256/224.
+    # The in-memory sources (CIFAR) ignore it and serve their images as stored.
+    config.data.image_size = 0
+    config.data.shuffle_buffer = 16384  # imagenet2012 from TFDS: records in the shuffle buffer
 
     # Several independent students in one program (catkd_jax/runs.py), each in <workdir>/run_<k>,
     # with a summary table: one per seed, e.g. (0, 1, 2, 3, 4) (empty: the one run of `seed`),
@@ -100,9 +112,45 @@ def get_config() -> ml_collections.ConfigDict:
     config.runs = ml_collections.ConfigDict()
     config.runs.seeds = ()
     config.runs.sweep = ""
+    # How the runs' students share the program: 'vmap' (one batched computation, for GPUs and
+    # TPUs), 'unroll' (one after another; XLA's CPU convolutions are slower batched) or 'auto'.
+    config.runs.vectorize = "auto"
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 10  # also after the last epoch; resuming starts from here
     config.checkpoint.keep = 2  # periodic checkpoints kept, besides the best one
+
+    # Linear probe (`--mode linear_probe --checkpoint X`, catkd_jax/probe.py): the network at X
+    # is frozen, its pooled penultimate features (the vector its classifier sees) are computed
+    # once for both splits of probe.data (inference mode, no augmentation), and a linear
+    # classifier with bias is trained on them; its top-1 test accuracy goes to
+    # <workdir>/linear_probe.json. The recipe of CRD's transfer experiment, which CAT-KD repeats.
+    config.probe = ml_collections.ConfigDict()
+    # The probe data set, in config.data's fields (create_source reads it in place of config.data;
+    # a field not named here is config.data's). STL-10 (the default): TFDS 'stl10', 5,000 train
+    # and 8,000 test 96x96 images of 10 classes (needs an 'stl10' entry in input_pipeline.DATASETS).
+    # TinyImageNet: source 'folder', dir ROOT with ROOT/train/<wnid>/*.JPEG and the validation
+    # images sorted into ROOT/test/<wnid>/ (200 classes, 64x64), name 'cifar100' (for folders the
+    # name only picks the normalisation: here the student's own).
+    config.probe.data = ml_collections.ConfigDict()
+    config.probe.data.name = "stl10"
+    config.probe.data.source = "tfds"
+    config.probe.data.dir = ""
+    config.probe.data.reserved_classes = 0
+    config.probe.data.reserved_rate = 1.0
+    config.probe.data.synthetic_train_size = 1024
+    config.probe.data.synthetic_test_size = 256
+    # Images are resized to image_size x image_size (bilinear, antialiased) before the network
+    # sees them, as CRD downsamples both data sets to 32x32; 0 keeps them as stored.
+    config.probe.data.image_size = 32
+    # SGD with momentum on mean cross-entropy, a new shuffle each epoch (from config.seed); the
+    # learning rate is constant within an epoch, times decay_rate after each of decay_epochs.
+    config.probe.epochs = 40
+    config.probe.batch_size = 128
+    config.probe.lr = 0.1
+    config.probe.decay_epochs = (10, 20, 30)
+    config.probe.decay_rate = 0.1
+    config.probe.momentum = 0.9
+    config.probe.weight_decay = 0.0
 
     return config

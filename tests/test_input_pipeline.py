@@ -47,8 +47,8 @@ def _to_uint8(images: np.ndarray, name: str = "cifar100") -> np.ndarray:
     return np.round(pixels).astype(np.uint8)
 
 
-def _array_source(images, labels, **kwargs):
-    """An `ArraySource` whose test set is its training set."""
+def _array_source(images, labels, test_images=None, **kwargs):
+    """An `ArraySource` whose test set is its training set (or `test_images`, same labels)."""
     settings = dict(
         num_classes=int(np.max(labels)) + 1,
         mean=MEAN["cifar100"],
@@ -60,7 +60,8 @@ def _array_source(images, labels, **kwargs):
         process_count=1,
     )
     settings.update(kwargs)
-    return input_pipeline.ArraySource(images, labels, images, labels, **settings)
+    test_images = images if test_images is None else test_images
+    return input_pipeline.ArraySource(images, labels, test_images, labels, **settings)
 
 
 def _random_images(n: int, seed: int = 0) -> np.ndarray:
@@ -424,6 +425,7 @@ def _arrays_in_process(index: int, count: int) -> input_pipeline.DataSource:
     return _array_source(
         _random_images(50),
         np.arange(50),
+        _random_images(50, seed=1),
         batch_size=8,
         eval_batch_size=12,
         process_index=index,
@@ -472,6 +474,88 @@ def test_two_processes_partition_each_global_batch(make):
         for key in full:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
     assert evals[1][-1]["mask"].sum() == 0, "the second process pads its last batch entirely"
+
+
+def _training_split(kind: str, source: input_pipeline.DataSource) -> dict[str, np.ndarray]:
+    """The 50 training examples the `_*_in_process` sources hold, in data-set order, as stored
+    or generated: uint8 pixels (the synthetic source's float examples), labels, boxes."""
+    if kind == "arrays":
+        return {"image": _random_images(50), "label": np.arange(50)}
+    if kind == "shapes":
+        images, labels, _, boxes = input_pipeline._shapes_split(0, 0, 50)
+        return {"image": images, "label": labels, "box": boxes}
+    stream = input_pipeline._SYNTHETIC_DATA
+    labels = np.random.default_rng(input_pipeline._entropy(0, stream, 0)).integers(0, 100, 50)
+    ids = np.arange(50)
+    return {
+        "image": source._examples(input_pipeline._SYNTHETIC_TRAIN, ids, labels),
+        "label": labels,
+    }
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
+    ids=["arrays", "synthetic", "shapes"],
+)
+def test_train_eval_batches_are_the_training_split_unaugmented_in_order(make, request):
+    kind = request.node.callspec.id
+    whole, first, second = make(0, 1), make(0, 2), make(1, 2)
+    batches = list(whole.train_eval_batches())
+    # 50 training examples in global eval batches of 12: 5 batches, the last with 2 real ones.
+    assert len(batches) == 5
+    reference = next(whole.eval_batches())
+    for batch in batches:
+        assert batch.keys() == reference.keys()
+        for key in batch:
+            assert batch[key].dtype == reference[key].dtype
+            assert batch[key].shape == reference[key].shape
+    mask = _stack(batches, "mask")
+    assert mask[:50].all() and not mask[50:].any(), "the padding of the last batch is masked"
+
+    expected = _training_split(kind, whole)
+    images = _stack(batches, "image")[mask]
+    if kind == "synthetic":  # no pixels behind these examples
+        np.testing.assert_allclose(images, expected["image"], rtol=1e-6, atol=1e-6)
+        # The same examples as training reads (un-augmented there too), in another order.
+        for batch in whole.train_batches(1):
+            for image, label in zip(batch["image"], batch["label"]):
+                (match,) = np.flatnonzero(np.all(np.isclose(images, image, atol=1e-6), (1, 2, 3)))
+                assert expected["label"][match] == label
+    else:  # exactly the stored pixels: neither shifted nor flipped
+        np.testing.assert_array_equal(whole.display_images(images), expected["image"])
+    for key in expected.keys() - {"image"}:
+        np.testing.assert_array_equal(_stack(batches, key)[mask], expected[key])
+
+    # Two processes: the same number of batches, each global batch split into two halves.
+    halves = [list(first.train_eval_batches()), list(second.train_eval_batches())]
+    assert len(halves[0]) == len(halves[1]) == 5
+    assert sum(batch["mask"].sum() for half in halves for batch in half) == 50
+    for full, a, b in zip(batches, *halves, strict=True):
+        assert a["image"].shape[0] == b["image"].shape[0] == 6
+        for key in full:
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
+    assert halves[1][-1]["mask"].sum() == 0, "the second process pads its last batch entirely"
+
+
+def test_stl10_from_tfds_has_ten_classes_and_its_own_normalisation():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=10):
+        source = input_pipeline.create_source(
+            _config(data_source="tfds", data_name="stl10", batch_size=4, eval_batch_size=4)
+        )
+        mock_train = tfds.load("stl10", split="train", as_supervised=True)
+        train_images, train_labels = map(np.stack, zip(*mock_train.as_numpy_iterator()))
+    assert (source.num_classes, source.num_train, source.num_eval) == (10, 10, 10)
+    assert len(source.class_names) == 10 and source.image_shape == (96, 96, 3)
+    assert source.mean == (0.4467, 0.4398, 0.4066) and source.std == (0.2603, 0.2566, 0.2713)
+    assert next(source.train_batches(1))["image"].shape == (4, 96, 96, 3)
+    batches = list(source.train_eval_batches())
+    mask = _stack(batches, "mask")
+    pixels = (_stack(batches, "image")[mask] * source.std + source.mean) * 255.0
+    np.testing.assert_array_equal(np.round(pixels).astype(np.uint8), train_images)
+    np.testing.assert_array_equal(_stack(batches, "label")[mask], train_labels)
 
 
 def test_missing_tfds_data_says_where_it_looked_and_what_to_do(tmp_path):
@@ -542,3 +626,297 @@ def test_bad_image_files_are_named(tmp_path, problem):
         tf.io.write_file(str(bad), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
     with pytest.raises(ValueError, match=re.escape(str(bad))):
         input_pipeline.create_source(_config(data_source="folder", data_dir=str(tmp_path)))
+
+
+# --- ImageNet --------------------------------------------------------------------------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+WNIDS = ("n01440764", "n01443537", "n01484850")  # the first three of TFDS's imagenet2012 labels
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_jpeg(pixels, quality=95).numpy()
+
+
+def _noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth random colours (JPEG keeps them, so crops of different windows differ)."""
+    coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(coarse.repeat(8, axis=0).repeat(8, axis=1)[:height, :width])
+
+
+def _imagenet_config(**overrides) -> ml_collections.ConfigDict:
+    settings = dict(data_name="imagenet2012", data_image_size=32, data_shuffle_buffer=64)
+    return _config(**(settings | overrides))
+
+
+def _add_to_tar(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def imagenet_tfds_dir(tmp_path_factory):
+    """A TFDS data_dir with imagenet2012 prepared by TFDS itself from tiny fake archives:
+    8 training images of each of `WNIDS` (sizes vary) and 10 validation images."""
+    import importlib.resources
+    import io
+
+    import tensorflow_datasets as tfds
+
+    root = tmp_path_factory.mktemp("tfds")
+    manual = root / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS:
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+                for i in range(8):
+                    pixels = _noise(rng, 40 + 8 * i, 72 - 4 * i)
+                    _add_to_tar(inner, f"{wnid}_{i}.JPEG", _jpeg(pixels))
+            _add_to_tar(outer, f"{wnid}.tar", inner_bytes.getvalue())
+    with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as tar:
+        for i in range(10):
+            _add_to_tar(tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", _jpeg(_noise(rng, 48, 40)))
+    # TFDS 4.9's build path imports importlib_resources, a backport Python >= 3.9 has built in.
+    with pytest.MonkeyPatch.context() as patch:
+        if "importlib_resources" not in sys.modules:
+            patch.setitem(sys.modules, "importlib_resources", importlib.resources)
+        builder = tfds.builder("imagenet2012", data_dir=str(root))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
+    return root
+
+
+def _tfds_source(root, index: int = 0, count: int = 1, **overrides):
+    config = _imagenet_config(
+        data_source="tfds", data_dir=str(root), batch_size=8, eval_batch_size=4, **overrides
+    )
+    return input_pipeline.create_source(config, process_index=index, process_count=count)
+
+
+def test_imagenet_tfds_batches_streamed_and_split_between_processes(imagenet_tfds_dir):
+    source = _tfds_source(imagenet_tfds_dir)
+    assert (source.num_classes, source.num_train, source.num_eval) == (1000, 24, 10)
+    assert source.class_names[:3] == list(WNIDS) and source.image_shape == (32, 32, 3)
+    assert source.steps_per_epoch == 3
+    assert (source.mean, source.std) == (IMAGENET_MEAN, IMAGENET_STD)
+
+    train = list(source.train_batches(1))
+    assert len(train) == 3
+    for batch in train:
+        assert batch.keys() == {"image", "label"}
+        assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+        assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    assert sorted(_stack(train, "label")) == [0] * 8 + [1] * 8 + [2] * 8
+    low = (0.0 - np.array(IMAGENET_MEAN)) / IMAGENET_STD
+    high = (1.0 - np.array(IMAGENET_MEAN)) / IMAGENET_STD
+    images = _stack(train, "image")
+    assert np.all(images >= low - 1e-5) and np.all(images <= high + 1e-5)
+    for a, b in zip(train, source.train_batches(1), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert not np.array_equal(images, _stack(source.train_batches(2), "image"))
+
+    evals = list(source.eval_batches())
+    assert len(evals) == 3 and all(batch["image"].shape == (4, 32, 32, 3) for batch in evals)
+    mask = _stack(evals, "mask")
+    assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
+    assert np.all((_stack(evals, "label") >= 0) & (_stack(evals, "label") < 1000))
+
+    # Two processes read disjoint halves of the records, and make the same number of batches.
+    halves = [_tfds_source(imagenet_tfds_dir, index, 2) for index in (0, 1)]
+    names = [
+        {record["file_name"] for record in half._records("train", 24).as_numpy_iterator()}
+        for half in halves
+    ]
+    assert len(names[0]) == len(names[1]) == 12 and not names[0] & names[1]
+    for half in halves:
+        batches = list(half.train_batches(1))
+        assert [batch["image"].shape for batch in batches] == [(4, 32, 32, 3)] * 3
+    split_evals = [list(half.eval_batches()) for half in halves]
+    for part in split_evals:  # 5 examples each, in ceil(5 / 2) batches of 2
+        assert _stack(part, "mask").tolist() == [True] * 5 + [False]
+    parts = [_stack(part, "image")[_stack(part, "mask")] for part in split_evals]
+    np.testing.assert_allclose(np.concatenate(parts), _stack(evals, "image")[mask], atol=1e-6)
+
+
+def _write_imagenet_folder(root, eval_split: str = "val") -> None:
+    """`root/train/<class>/` with one noise image per class (its label names it) and
+    `root/<eval_split>/<class>/` with 10 images in all."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    for index in range(8):
+        name = f"n{index:08d}"
+        for split, count in (("train", 1), (eval_split, 2 if index in (0, 3) else 1)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number in range(count):
+                pixels = _noise(rng, 48 + 4 * index, 80 - 4 * index)
+                # A few ImageNet ".JPEG" files are PNGs; they are decoded whole, then cropped.
+                data = tf.io.encode_png(pixels).numpy() if index == 5 else _jpeg(pixels)
+                (folder / f"{name}_{number}.JPEG").write_bytes(data)
+
+
+def _folder_source(root, index: int = 0, count: int = 1, **overrides):
+    settings = dict(data_source="folder", data_dir=str(root), batch_size=4, eval_batch_size=4)
+    config = _imagenet_config(**(settings | overrides))
+    return input_pipeline.create_source(config, process_index=index, process_count=count)
+
+
+def test_imagenet_folder_crops_are_reproducible_per_epoch_and_split_between_processes(tmp_path):
+    _write_imagenet_folder(tmp_path)
+    source = _folder_source(tmp_path, data_image_size=64)
+    assert (source.num_classes, source.num_train, source.num_eval) == (8, 8, 10)
+    assert source.class_names == [f"n{index:08d}" for index in range(8)]
+    train = list(source.train_batches(1))
+    assert len(train) == source.steps_per_epoch == 2
+    assert train[0]["image"].shape == (4, 64, 64, 3) and train[0]["image"].dtype == np.float32
+    assert train[0]["label"].dtype == np.int32
+    evals = list(source.eval_batches())
+    assert len(evals) == 3 and evals[0]["image"].shape == (4, 64, 64, 3)
+    assert _stack(evals, "mask").tolist() == [True] * 10 + [False] * 2
+    np.testing.assert_array_equal(_stack(evals, "label")[:10], [0, 0, 1, 2, 3, 3, 4, 5, 6, 7])
+
+    def crops(epoch):  # each class has one training image: the label names the example
+        batches = list(source.train_batches(epoch))
+        images, labels = _stack(batches, "image"), _stack(batches, "label")
+        return images[np.argsort(labels)]
+
+    first = crops(1)
+    np.testing.assert_array_equal(first, crops(1))
+    second = crops(2)
+    assert sum(not np.allclose(a, b, atol=1e-3) for a, b in zip(first, second)) >= 6
+
+    whole = _folder_source(tmp_path)
+    halves = [_folder_source(tmp_path, index, 2) for index in (0, 1)]
+    for key_batches in (
+        lambda s: s.train_batches(3),
+        lambda s: s.eval_batches(),
+        lambda s: s.train_eval_batches(),
+    ):
+        pairs = zip(*(key_batches(half) for half in halves), strict=True)
+        for full, (a, b) in zip(key_batches(whole), pairs, strict=True):
+            assert a["image"].shape == (2, 32, 32, 3) and a.keys() == full.keys()
+            for key in full:
+                np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
+
+
+def test_imagenet_normalisation_and_a_test_folder(tmp_path):
+    import tensorflow as tf
+
+    colour = (200, 120, 40)
+    for split in ("train", "test"):  # test/ serves when there is no val/
+        folder = tmp_path / split / "n00000001"
+        folder.mkdir(parents=True)
+        (folder / "flat.JPEG").write_bytes(_jpeg(np.full((90, 70, 3), colour, np.uint8)))
+    decoded = tf.io.decode_jpeg((folder / "flat.JPEG").read_bytes()).numpy()
+    pixel = decoded[45, 35].astype(np.float64)
+    assert np.all(decoded == decoded[45, 35]) and np.all(np.abs(pixel - colour) <= 2)
+    expected = (pixel / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+    source = _folder_source(tmp_path, batch_size=1, eval_batch_size=2, data_image_size=24)
+    train = next(source.train_batches(1))["image"]
+    evals = list(source.eval_batches())
+    assert len(evals) == 1 and evals[0]["mask"].tolist() == [True, False]
+    for image in (train[0], evals[0]["image"][0]):
+        assert image.shape == (24, 24, 3)
+        np.testing.assert_allclose(image, np.broadcast_to(expected, image.shape), atol=1e-5)
+    np.testing.assert_array_equal(source.display_images(train)[0, 0, 0], decoded[0, 0])
+
+
+def _windows(shape, seeds):
+    import tensorflow as tf
+
+    window = lambda seed: input_pipeline._random_resized_crop_window(tf.constant(shape), seed)
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(seeds, np.int64)).map(window)
+    return np.stack(list(dataset.as_numpy_iterator()))
+
+
+def test_random_resized_crop_windows_follow_torchvision():
+    height, width = 300, 400
+    seeds = np.stack([np.arange(3000), np.full(3000, 7)], axis=1)
+    windows = _windows([height, width, 3], seeds)
+    np.testing.assert_array_equal(windows, _windows([height, width, 3], seeds))
+    top, left, h, w = windows.T
+    assert np.all((top >= 0) & (left >= 0) & (h >= 1) & (w >= 1))
+    assert np.all((top + h <= height) & (left + w <= width))
+    # Sides are rounded, so area and ratio may exceed their ranges by a rounding step.
+    area = h * w / (height * width)
+    assert area.min() >= 0.075 and area.max() <= 1.0 and area.min() < 0.1
+    ratio = w / h
+    assert ratio.min() > 0.74 and ratio.max() < 1.35
+    assert ratio.min() < 0.78 and ratio.max() > 1.3  # log-uniform over the whole range
+    # Crops are placed uniformly: the offset over its range has mean 1/2 and reaches both ends.
+    for offset, side, extent in ((top, h, height), (left, w, width)):
+        room = extent - side
+        where = offset[room >= 20] / room[room >= 20]
+        assert abs(where.mean() - 0.5) < 0.03 and where.min() < 0.01 and where.max() > 0.99
+    # Fallback when no try fits: the centred crop of the extreme ratio 4/3 (or 3/4).
+    np.testing.assert_array_equal(_windows([10, 1000, 3], seeds[:5]), [[0, 493, 10, 13]] * 5)
+    np.testing.assert_array_equal(_windows([1000, 10, 3], seeds[:5]), [[493, 0, 13, 10]] * 5)
+
+
+def test_centre_crop_window_is_torchvisions_resize_then_centre_crop():
+    import tensorflow as tf
+
+    window = input_pipeline._center_crop_window
+    # Resize(256) + CenterCrop(224) of 375 x 500 keeps 224/256 of the shorter side, centred.
+    np.testing.assert_array_equal(window(tf.constant([375, 500, 3]), 224), [23, 86, 328, 328])
+    np.testing.assert_array_equal(window(tf.constant([500, 375, 3]), 224), [86, 23, 328, 328])
+    # At 64: Resize(73) + CenterCrop(64).
+    np.testing.assert_array_equal(window(tf.constant([73, 100, 3]), 64), [4, 18, 64, 64])
+
+
+def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        input_pipeline.create_source(_imagenet_config(data_source="tfds", data_dir=str(tmp_path)))
+    message = str(error.value)
+    manual = f"{tmp_path}/downloads/manual"
+    for part in (
+        "'imagenet2012' is not prepared",
+        f"TFDS looked in {tmp_path}",
+        "ILSVRC2012_img_train.tar",
+        "ILSVRC2012_img_val.tar",
+        f"in {manual}/",
+        f"tfds build imagenet2012 --data_dir {tmp_path} --manual_dir {manual}",
+        f"--config.data.dir={tmp_path}",
+        "https://image-net.org/download-images",
+        "--config.data.source=folder",
+    ):
+        assert part in message, part
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(data_image_size=-1), "config.data.image_size must be 0"),
+        (dict(data_source="tfds", data_reserved_classes=10), "need every training label"),
+        (dict(data_source="tfds", data_shuffle_buffer=0), "shuffle_buffer must be a positive"),
+        (dict(data_source="folder", data_dir=""), "config.data.dir is empty"),
+    ],
+)
+def test_invalid_imagenet_configs_are_refused(overrides, match, tmp_path):
+    config = _imagenet_config(**(dict(data_source="folder", data_dir=str(tmp_path)) | overrides))
+    with pytest.raises(ValueError, match=match):
+        input_pipeline.create_source(config)
+
+
+@pytest.mark.parametrize(
+    "flat_val, match",
+    [(False, "has no val/ or test/ folder"), (True, "holds images but no class folders")],
+)
+def test_malformed_imagenet_folders_are_refused(tmp_path, flat_val, match):
+    (tmp_path / "train" / "n1").mkdir(parents=True)
+    (tmp_path / "train" / "n1" / "a.JPEG").write_bytes(_jpeg(np.zeros((8, 8, 3), np.uint8)))
+    if flat_val:  # ImageNet's validation images as distributed: no class folders
+        (tmp_path / "val").mkdir()
+        (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
+    with pytest.raises(ValueError, match=match):
+        input_pipeline.create_source(_imagenet_config(data_source="folder", data_dir=str(tmp_path)))

@@ -60,6 +60,14 @@ def test_plan_seeds_sweep_and_their_product():
     assert (run_config.seed, run_config.optim.lr, run_config.runs.seeds, run_config.runs.sweep) == (1, 0.2, (), "")
 
 
+def test_vectorize_choice():
+    assert runs.vectorize(tiny_config(runs__vectorize="vmap"))
+    assert not runs.vectorize(tiny_config(runs__vectorize="unroll"))
+    assert runs.vectorize(tiny_config()) == (jax.default_backend() != "cpu")
+    with pytest.raises(ValueError, match="must be 'auto', 'vmap' or 'unroll'"):
+        runs.vectorize(tiny_config(runs__vectorize="scan"))
+
+
 @pytest.mark.parametrize(
     "sweep, message",
     [
@@ -82,10 +90,13 @@ def test_repeated_seed_is_refused():
         runs.plan_runs(tiny_config(runs__seeds=(1, 1)))
 
 
-def test_two_seeds_in_one_program_equal_two_single_runs(tmp_path):
+@pytest.mark.parametrize("vectorize", ["unroll", "vmap"])
+def test_two_seeds_in_one_program_equal_two_single_runs(vectorize, tmp_path):
     for seed in (0, 1):
         train.train_and_evaluate(tiny_config(num_epochs=2, seed=seed), tmp_path / f"single{seed}")
-    summary = train.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), tmp_path / "multi")
+    summary = train.train_and_evaluate(
+        tiny_config(num_epochs=2, runs__seeds=(0, 1), runs__vectorize=vectorize), tmp_path / "multi"
+    )
     for k, seed in enumerate((0, 1)):
         assert_same_runs(tmp_path / f"single{seed}", tmp_path / "multi" / f"run_{k}")
         _, info = checkpoints.load_variables(tmp_path / "multi" / f"run_{k}")
@@ -115,7 +126,8 @@ def test_sweep_equals_single_runs_with_each_value_and_shares_the_teacher(teacher
     assert [row["cat_kd.beta"] for row in summary["runs"]] == [1.0, 4.0]
 
 
-def test_shared_inputs_run_the_teacher_once():
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_shared_inputs_run_the_teacher_once(vectorize):
     """A sweep's compiled step costs the teacher's forward pass less than a seeds' step."""
     config = tiny_config(method="cat_kd")
     student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet56", 10)
@@ -130,7 +142,7 @@ def test_shared_inputs_run_the_teacher_once():
     for name, overrides in (("sweep", dict(runs__sweep="cat_kd.beta=1,2")), ("seeds", dict(runs__seeds=(0, 1)))):
         plan = runs.plan_runs(tiny_config(method="cat_kd", **overrides))
         step_batch = batch if plan.shared_inputs else jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), batch)
-        step = train.make_multi_run_step(config, student, teacher, 4, plan)
+        step = train.make_multi_run_step(config, student, teacher, 4, plan, vectorize)
         lowered = jax.jit(step).lower(stacked, step_batch, teacher_variables, jnp.asarray(plan.values()))
         flops[name] = lowered.cost_analysis()["flops"]
     forward = jax.jit(lambda v, x: teacher.apply(v, x, train=False)).lower(teacher_variables, image)

@@ -94,6 +94,13 @@ def test_learning_rate_is_constant_within_epochs_and_decays_after_listed_epochs(
         assert float(schedule(step)) == pytest.approx(lr), step
 
 
+def test_learning_rate_scales_linearly_with_the_batch_when_asked():
+    config = tiny_config(optim__lr=0.2, optim__decay_epochs=(), batch_size=128)
+    assert float(train.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.2)
+    config.optim.lr_batch_size = 512  # 0.2 is the rate of a batch of 512
+    assert float(train.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)
+
+
 def test_optimizer_matches_torch_sgd_with_weight_decay_and_momentum():
     torch = pytest.importorskip("torch")
     config = tiny_config()

@@ -1,0 +1,43 @@
+"""The ImageNet pairs train end to end from their configs, with a pretrained-style .pth teacher."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from catkd_jax import convert, train
+from catkd_jax.models import create_model
+from conftest import REPO_ROOT
+from test_input_pipeline import _write_imagenet_folder
+from test_train import read_metrics
+
+
+@pytest.mark.parametrize(
+    "config_file, method_terms",
+    [
+        ("imagenet_res34_res18.py", {"train_loss_ce", "train_loss_cat"}),
+        ("imagenet_res50_mobilenet.py", {"train_loss_ce", "train_loss_cat"}),
+        ("imagenet_kd_res34_res18.py", {"train_loss_ce", "train_loss_kd"}),
+    ],
+)
+def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_terms, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    _write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
+    config = train.load_config_file(REPO_ROOT / "configs" / config_file)
+    teacher = create_model(config.teacher.arch, num_classes=8)
+    variables = train.initialize(teacher, jax.random.key(0), (64, 64, 3))
+    teacher_pth = tmp_path / "teacher.pth"  # a bare state dict, as torchvision publishes them
+    state_dict = convert.to_torch_state_dict(variables, config.teacher.arch)
+    torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, teacher_pth)
+
+    config.data.source, config.data.dir, config.data.image_size = "folder", str(tmp_path / "data"), 64
+    config.batch_size = config.eval_batch_size = 4
+    config.num_epochs = 1
+    config.teacher.checkpoint = str(teacher_pth)
+    train.train_and_evaluate(config, tmp_path / "run")
+
+    (record,) = read_metrics(tmp_path / "run")
+    assert method_terms <= set(record) and np.isfinite(record["train_loss"])
+    assert record["lr"] == pytest.approx(0.2 * 4 / 512)  # the recipe's lr, scaled to the batch
+    assert "scaled linearly to 0.0015625 for the batch of 4" in capsys.readouterr().out
