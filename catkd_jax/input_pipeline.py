@@ -1082,8 +1082,7 @@ class TFDSImageSource(_StreamedImages):
     https://image-net.org/download-images, put `ILSVRC2012_img_train.tar` (138 GB) and
     `ILSVRC2012_img_val.tar` (6.3 GB) in `DIR/downloads/manual/`, then run
     `tfds build imagenet2012 --data_dir DIR --manual_dir DIR/downloads/manual` (it writes
-    about 150 GB of records to `DIR/imagenet2012/`; with TFDS 4.9 on Python >= 3.9 the build
-    may first need `pip install importlib_resources`), and train with
+    about 150 GB of records to `DIR/imagenet2012/`), and train with
     `--config.data.dir=DIR`.
 
     Each process reads its own contiguous 1/P of each split's records (TFDS wrote them in

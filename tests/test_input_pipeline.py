@@ -663,7 +663,6 @@ def _add_to_tar(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def imagenet_tfds_dir(tmp_path_factory):
     """A TFDS data_dir with imagenet2012 prepared by TFDS itself from tiny fake archives:
     8 training images of each of `WNIDS` (sizes vary) and 10 validation images."""
-    import importlib.resources
     import io
 
     import tensorflow_datasets as tfds
@@ -683,14 +682,8 @@ def imagenet_tfds_dir(tmp_path_factory):
     with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as tar:
         for i in range(10):
             _add_to_tar(tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", _jpeg(_noise(rng, 48, 40)))
-    # TFDS 4.9's build path imports importlib_resources, a backport Python >= 3.9 has built in.
-    with pytest.MonkeyPatch.context() as patch:
-        if "importlib_resources" not in sys.modules:
-            patch.setitem(sys.modules, "importlib_resources", importlib.resources)
-        builder = tfds.builder("imagenet2012", data_dir=str(root))
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-        )
+    builder = tfds.builder("imagenet2012", data_dir=str(root))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     return root
 
 
