@@ -765,17 +765,7 @@ def _load_tfds(name: str, data_dir: str) -> tuple[tuple[np.ndarray, ...], list[s
     return tuple(arrays), list(names)
 
 
-def _image_files(class_dir: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(
-        path
-        for path in class_dir.iterdir()
-        if path.is_file()
-        and not path.name.startswith(".")
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _decode_images(paths: list[pathlib.Path]) -> np.ndarray:
+def _decode_images(paths: Sequence[str]) -> np.ndarray:
     """uint8 `[N, H, W, 3]` of image files that must all have the same size."""
     tf = _tensorflow()
 
@@ -824,42 +814,11 @@ def _decode_images(paths: list[pathlib.Path]) -> np.ndarray:
 
 
 def _load_folder(root: str) -> tuple[tuple[np.ndarray, ...], list[str]]:
-    """`((train_images, train_labels, test_images, test_labels), class_names)` from folders."""
-    layout = "ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg"
-    if not root:
-        raise ValueError(f"config.data.dir is empty; the folder source needs ROOT with {layout}")
-    root_path = pathlib.Path(root)
-    splits = {}
-    for split in ("train", "test"):
-        split_dir = root_path / split
-        if not split_dir.is_dir():
-            raise ValueError(
-                f"config.data.dir={root!r} has no {split}/ folder; the folder source expects "
-                f"{layout}"
-            )
-        splits[split] = sorted(path.name for path in split_dir.iterdir() if path.is_dir())
-    classes = splits["train"]
-    if not classes:
-        raise ValueError(f"{root_path / 'train'} has no class folders; expected {layout}")
-    if splits["test"] != classes:
-        raise ValueError(
-            f"the class folders of {root_path / 'test'} ({splits['test']}) differ from those "
-            f"of {root_path / 'train'} ({classes}); both splits need the same classes"
-        )
-    arrays = []
-    for split in ("train", "test"):
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            files = _image_files(root_path / split / name)
-            if not files:
-                raise ValueError(
-                    f"{root_path / split / name} holds no image files "
-                    f"({', '.join(IMAGE_EXTENSIONS)})"
-                )
-            paths += files
-            labels += [label] * len(files)
-        arrays += [_decode_images(paths), np.asarray(labels, np.int32)]
-    return tuple(arrays), classes
+    """`((train_images, train_labels, test_images, test_labels), class_names)` from folders
+    `root/train/<class>/*` and `root/test/<class>/*`, decoded into memory."""
+    (train_files, train_labels, test_files, test_labels), classes = _list_image_folders(root, ("test",))
+    arrays = (_decode_images(train_files), train_labels, _decode_images(test_files), test_labels)
+    return arrays, classes
 
 
 # --- ImageNet: images streamed from files or TFDS records ----------------------------------
@@ -1260,12 +1219,15 @@ def _image_names(folder: pathlib.Path) -> list[str]:
         )
 
 
-def _list_image_folders(root: str) -> tuple[tuple[Any, ...], list[str]]:
-    """`((train_files, train_labels, test_files, test_labels), class_names)` of an
-    ImageNet-style folder tree: `root/train/<class>/*`, and `root/val/<class>/*` or
-    `root/test/<class>/*`. Labels index the sorted class names; files are in (class, name) order.
+def _list_image_folders(
+    root: str, eval_names: Sequence[str] = ("val", "test")
+) -> tuple[tuple[Any, ...], list[str]]:
+    """`((train_files, train_labels, test_files, test_labels), class_names)` of a folder tree
+    `root/train/<class>/*` and `root/<eval>/<class>/*`, `<eval>` the first of `eval_names` that
+    exists. Labels index the sorted class names; files are in (class, name) order.
     """
-    layout = "ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (or ROOT/test/<wnid>/*)"
+    evals = " or ".join(f"ROOT/{name}/<class>/*" for name in eval_names)
+    layout = f"ROOT/train/<class>/*.jpg and {evals}"
     if not root:
         raise ValueError(f"config.data.dir is empty; the folder source needs ROOT with {layout}")
     root_path = pathlib.Path(root)
@@ -1273,11 +1235,11 @@ def _list_image_folders(root: str) -> tuple[tuple[Any, ...], list[str]]:
         raise ValueError(
             f"config.data.dir={root!r} has no train/ folder; the folder source expects {layout}"
         )
-    eval_dirs = [root_path / name for name in ("val", "test") if (root_path / name).is_dir()]
+    eval_dirs = [root_path / name for name in eval_names if (root_path / name).is_dir()]
     if not eval_dirs:
         raise ValueError(
-            f"config.data.dir={root!r} has no val/ or test/ folder; the folder source expects "
-            f"{layout}"
+            f"config.data.dir={root!r} has no {' or '.join(name + '/' for name in eval_names)} "
+            f"folder; the folder source expects {layout}"
         )
     splits = {"train": root_path / "train", "test": eval_dirs[0]}
     classes = {}
