@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, torch_default_kernel_init
 from catkd_jax.models.resnet import BasicBlock
-from catkd_jax.models.resnet_v2 import Bottleneck
+from catkd_jax.models.resnet_v2 import Bottleneck, four_stages
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -52,15 +52,7 @@ class ImageNetResNet(nn.Module):
         x = conv(64, 7, stride=2, padding=3, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         x = _max_pool_3x3_s2(x)
-        stages = zip((64, 128, 256, 512), (1, 2, 2, 2), self.num_blocks)
-        for stage, (planes, stride, count) in enumerate(stages, start=1):
-            for index in range(count):
-                x = self.block(
-                    planes,
-                    stride if index == 0 else 1,
-                    dtype=self.dtype,
-                    name=f"layer{stage}.{index}",
-                )(x, train)
+        x = four_stages(x, self.block, self.num_blocks, train, self.dtype)
         # torchvision keeps PyTorch's default Linear init for `fc`, which `classify` defaults to.
         logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x

@@ -44,6 +44,22 @@ class Bottleneck(nn.Module):
         return nn.relu(out + residual)
 
 
+def four_stages(
+    x: jax.Array, block: Callable[..., nn.Module], num_blocks: Sequence[int], train: bool, dtype: Dtype
+) -> jax.Array:
+    """The body after the stem: four stages of `block`s (64, 128, 256, 512 planes; stride 1, 2,
+    2, 2 on each stage's first block), named `layer{stage}.{index}` as in PyTorch.
+
+    Shared by these CIFAR ResNets and torchvision's ImageNet ResNets, which differ in their
+    stem only. Called inside a model's compact `__call__`, so the blocks belong to that model.
+    """
+    stages = zip((64, 128, 256, 512), (1, 2, 2, 2), num_blocks)
+    for stage, (planes, stride, count) in enumerate(stages, start=1):
+        for index in range(count):
+            x = block(planes, stride if index == 0 else 1, dtype=dtype, name=f"layer{stage}.{index}")(x, train)
+    return x
+
+
 class ResNetV2(nn.Module):
     """`__call__(x [N, 32, 32, 3], train) -> (logits [N, C], features [N, 4, 4, 512 * e])`.
 
@@ -63,15 +79,7 @@ class ResNetV2(nn.Module):
         x = x.astype(self.dtype)
         x = conv(64, 3, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
-        stages = zip((64, 128, 256, 512), (1, 2, 2, 2), self.num_blocks)
-        for stage, (planes, stride, count) in enumerate(stages, start=1):
-            for index in range(count):
-                x = self.block(
-                    planes,
-                    stride if index == 0 else 1,
-                    dtype=self.dtype,
-                    name=f"layer{stage}.{index}",
-                )(x, train)
+        x = four_stages(x, self.block, self.num_blocks, train, self.dtype)
         logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x
 
