@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import sys
 import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from catkd_jax import train  # noqa: E402  pylint: disable=wrong-import-position
+from catkd_jax import runs, train  # noqa: E402  pylint: disable=wrong-import-position
 from configs import default  # noqa: E402
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -108,22 +107,18 @@ def main() -> None:
     best: dict[str, list[float]] = {}
     for seed in args.seeds:
         teacher_dir = workdir / f"seed{seed}" / "teacher"
-        runs = [
+        networks = [
             ("teacher", "vanilla", scale["teacher"], teacher_dir, None),
             ("vanilla student", "vanilla", scale["student"], workdir / f"seed{seed}" / "vanilla", None),
             ("KD student", "kd", scale["student"], workdir / f"seed{seed}" / "kd", teacher_dir),
             ("CAT-KD student", "cat_kd", scale["student"], workdir / f"seed{seed}" / "cat_kd", teacher_dir),
         ]
-        for name, method, arch, run_dir, teacher in runs:
+        for name, method, arch, run_dir, teacher in networks:
             print(f"--- seed {seed}: {name} ({arch}, {method})", flush=True)
             config = experiment_config(method, arch, seed, scale, data_dir, teacher)
             best.setdefault(name, []).append(train.train_and_evaluate(config, run_dir)["best_test_acc"])
 
-    rows = {
-        name: dict(mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-                   runs=values)
-        for name, values in best.items()
-    }
+    rows = {name: dict(runs.mean_and_std(values), runs=values) for name, values in best.items()}
     lines = [f"CIFAR-10 proxy, scale {args.scale}, seeds {args.seeds}: best test accuracy (%)"]
     lines += [f"  {name:<16} {row['mean']:6.2f} ± {row['std']:.2f}   {row['runs']}" for name, row in rows.items()]
     print("\n".join(lines))

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import statistics
 from typing import Any, Sequence
 
 import jax
@@ -159,8 +160,7 @@ def run_config(config: ml_collections.ConfigDict, plan: RunPlan, run: Run) -> ml
 def summarize(plan: RunPlan, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """`summary.json` content: each run's seed, value and accuracies, and mean ± std over runs.
 
-    Standard deviations are the sample ones (n - 1), as papers report over seeds. Diverged
-    runs (with a `diverged_epoch`) are listed but left out of the mean.
+    Diverged runs (with a `diverged_epoch`) are listed but left out of the mean.
     """
     rows = []
     for run, result in zip(plan.runs, results):
@@ -172,10 +172,15 @@ def summarize(plan: RunPlan, results: Sequence[dict[str, Any]]) -> dict[str, Any
     for key in ("best_test_acc", "final_test_acc"):
         values = [row[key] for row in rows if "diverged_epoch" not in row and math.isfinite(row[key])]
         if values:
-            mean = sum(values) / len(values)
-            variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-            summary[key] = {"mean": mean, "std": math.sqrt(variance), "runs": len(values)}
+            summary[key] = mean_and_std(values)
     return summary
+
+
+def mean_and_std(values: Sequence[float]) -> dict[str, float]:
+    """`{"mean", "std", "runs"}` of `values`; the sample standard deviation (n - 1), as papers
+    report over seeds, and 0 for a single value."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.mean(values), "std": spread, "runs": len(values)}
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -671,7 +671,7 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     """Evaluates the network saved at `checkpoint` on the test set and prints one line.
 
     A multi-run workdir (`run_<k>` directories, `catkd_jax.runs`) evaluates every run, prints a
-    line each and the mean ± std, and returns `{"runs": [...], "test_acc": {"mean", "std"}}`.
+    line each and the mean ± std, and returns `{"runs": [...], "test_acc": {"mean", "std", "runs"}}`.
     """
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -680,10 +680,9 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     if not run_dirs:
         return _evaluate_network(config, checkpoint, mesh)
     results = [_evaluate_network(config, directory, mesh, label=f"{directory.name}: ") for directory in run_dirs]
-    accuracies = np.asarray([result["test_acc"] for result in results])
-    spread = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
-    print(f"mean ± std over {len(results)} runs: top1 {accuracies.mean():.2f} ± {spread:.2f}")
-    return {"runs": results, "test_acc": {"mean": float(accuracies.mean()), "std": spread}}
+    accuracy = runs.mean_and_std([result["test_acc"] for result in results])
+    print(f"mean ± std over {len(results)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
+    return {"runs": results, "test_acc": accuracy}
 
 
 def _evaluate_network(config, checkpoint, mesh, label: str = "") -> dict[str, Any]:
