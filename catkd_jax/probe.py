@@ -39,8 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, input_pipeline, runs, sharding, train
-from catkd_jax.models import create_model
+from catkd_jax import input_pipeline, runs, sharding, train
 
 Variables = dict[str, Any]
 
@@ -161,13 +160,9 @@ def learning_rate_schedule(probe: ml_collections.ConfigDict, steps_per_epoch: in
     """`probe.lr`, times `probe.decay_rate` after each epoch of `probe.decay_epochs`.
 
     Constant within an epoch: with the defaults, 0.1 in epochs 1-10, 0.01 in 11-20, 0.001 in
-    21-30 and 0.0001 in 31-40 (step `s` is in epoch `s // steps_per_epoch + 1`).
+    21-30 and 0.0001 in 31-40.
     """
-    boundaries: dict[int, float] = {}
-    for epoch in sorted(probe.decay_epochs):
-        step = int(epoch) * steps_per_epoch
-        boundaries[step] = boundaries.get(step, 1.0) * probe.decay_rate
-    return optax.piecewise_constant_schedule(probe.lr, boundaries)
+    return train.epoch_step_schedule(probe.lr, probe.decay_epochs, probe.decay_rate, steps_per_epoch)
 
 
 def _logits(params: Variables, features: jax.Array) -> jax.Array:
@@ -229,10 +224,7 @@ def fit_linear_probe(
     num_train, num_features = train_features.shape
     steps = math.ceil(num_train / batch_size)
     schedule = learning_rate_schedule(probe, steps)
-    tx = optax.chain(
-        optax.add_decayed_weights(probe.weight_decay),
-        optax.sgd(schedule, momentum=probe.momentum),
-    )
+    tx = train.torch_sgd(schedule, probe.momentum, probe.weight_decay)
     key = jax.random.key(config.seed)
     params = {
         "kernel": 0.01 * jax.random.normal(jax.random.fold_in(key, _INIT), (num_features, num_classes)),
@@ -301,12 +293,6 @@ def fit_linear_probe(
 # --- The command ---------------------------------------------------------------------------
 
 
-def _report(message: str) -> None:
-    """A line for the person at the terminal, from the first process only."""
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 def _student_num_classes(config: ml_collections.ConfigDict) -> int:
     """The class count of the student's own training data (`config.data`), for a `.pth`."""
     if config.data.source == "shapes":
@@ -334,12 +320,8 @@ def load_frozen_network(
             f"{path} holds several runs ({', '.join(p.name for p in runs.run_directories(path))}); "
             "probe one of them: --checkpoint " + str(path / "run_0")
         )
-    dtype = train.activation_dtype(config)
-    if str(checkpoint).endswith(".pth"):
-        return train.load_network(checkpoint, config.student.arch, _student_num_classes(config), dtype)
-    variables, info = checkpoints.load_variables(checkpoint)
-    has_bias = "bias" in variables["params"]["classifier"]
-    return create_model(info["arch"], info["num_classes"], dtype, has_bias), variables, info
+    num_classes = _student_num_classes(config) if str(checkpoint).endswith(".pth") else None
+    return train.load_network(checkpoint, config.student.arch, num_classes, train.activation_dtype(config))
 
 
 def _check_probe_data(config: ml_collections.ConfigDict) -> None:
@@ -391,6 +373,6 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    _report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
+    train.report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
             f"{result['num_features']} features)")
     return result

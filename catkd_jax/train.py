@@ -76,21 +76,37 @@ def base_learning_rate(config: ml_collections.ConfigDict) -> float:
     return config.optim.lr
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """Constant within an epoch; times decay_rate after each epoch listed in decay_epochs."""
+def epoch_step_schedule(
+    lr: float, decay_epochs: Sequence[int], decay_rate: float, steps_per_epoch: int
+) -> optax.Schedule:
+    """`lr`, constant within an epoch, times `decay_rate` after each epoch in `decay_epochs`.
+
+    Step `s` is in epoch `s // steps_per_epoch + 1`.
+    """
     boundaries = {}
-    for epoch in sorted(config.optim.decay_epochs):
+    for epoch in sorted(decay_epochs):
         step = int(epoch) * steps_per_epoch
-        boundaries[step] = boundaries.get(step, 1.0) * config.optim.decay_rate
-    return optax.piecewise_constant_schedule(base_learning_rate(config), boundaries)
+        boundaries[step] = boundaries.get(step, 1.0) * decay_rate
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The training schedule of `config.optim` (`epoch_step_schedule` from `base_learning_rate`)."""
+    optim = config.optim
+    return epoch_step_schedule(base_learning_rate(config), optim.decay_epochs, optim.decay_rate, steps_per_epoch)
+
+
+def torch_sgd(
+    learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float
+) -> optax.GradientTransformation:
+    """`torch.optim.SGD(momentum, weight_decay)`: L2 on every parameter, then momentum, then lr."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """`torch.optim.SGD(momentum, weight_decay)`: L2 on every parameter, then momentum, then lr."""
-    return optax.chain(
-        optax.add_decayed_weights(config.optim.weight_decay),
-        optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=config.optim.momentum),
-    )
+    """The training optimiser of `config.optim`: `torch_sgd` on `learning_rate_schedule`."""
+    optim = config.optim
+    return torch_sgd(learning_rate_schedule(config, steps_per_epoch), optim.momentum, optim.weight_decay)
 
 
 @flax.struct.dataclass
@@ -370,7 +386,7 @@ def prepare_teacher(config: ml_collections.ConfigDict, workdir: str, num_classes
         teacher_config.data = config.data  # the teacher must learn the same classes
         if config.teacher.num_epochs:
             teacher_config.num_epochs = config.teacher.num_epochs
-        _report(f"Training the teacher {config.teacher.arch} in {path} first.")
+        report(f"Training the teacher {config.teacher.arch} in {path} first.")
         train_and_evaluate(teacher_config, path)
     variables, _ = checkpoints.load_variables(path, arch=config.teacher.arch, num_classes=num_classes)
     return variables
@@ -379,7 +395,7 @@ def prepare_teacher(config: ml_collections.ConfigDict, workdir: str, num_classes
 # --- Logging -------------------------------------------------------------------------------
 
 
-def _report(message: str) -> None:
+def report(message: str) -> None:
     """A line for the person at the terminal, from the first process only."""
     if jax.process_index() == 0:
         print(message, flush=True)
@@ -510,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     steps_per_epoch = source.steps_per_epoch
     if config.optim.lr_batch_size and config.batch_size != config.optim.lr_batch_size:
-        _report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
+        report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
                 f"scaled linearly to {base_learning_rate(config):g} for the batch of {config.batch_size}.")
     savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep) for directory in directories]
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch)
@@ -522,7 +538,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         for total, meta in zip(totals, metas):
             total.update(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"], final_acc=meta["test_acc"])
         best = ", ".join(f"{t['best_acc']:.2f}% at epoch {t['best_epoch']}" for t in totals)
-        _report(f"Resuming {workdir} after epoch {metas[0]['epoch']} (best {best}).")
+        report(f"Resuming {workdir} after epoch {metas[0]['epoch']} (best {best}).")
     state = sharding.replicate(state, mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
 
@@ -549,7 +565,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if not math.isfinite(train[k]["train_loss"]):
                     total.update(diverged_epoch=epoch, diverged_loss=train[k]["train_loss"])
                     if plan.multiple:
-                        _report(f"{run.name} ({plan.describe(run)}): "
+                        report(f"{run.name} ({plan.describe(run)}): "
                                 f"{_divergence_message(savers[k], directory, epoch, total['diverged_loss'])} "
                                 "The other runs go on.")
                     continue
@@ -567,7 +583,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 )
                 logs[k].write(record)
                 prefix = f"{run.name} ({plan.describe(run)}) " if plan.multiple else ""
-                _report(
+                report(
                     f"{prefix}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
                     f"test acc {record['test_acc']:.2f}% top5 {record['test_acc_top5']:.2f}% "
                     f"(best {total['best_acc']:.2f}%) | {record['epoch_seconds']:.0f}s"
@@ -596,12 +612,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if totals[0]["diverged_epoch"]:
             message = _divergence_message(savers[0], workdir, totals[0]["diverged_epoch"], totals[0]["diverged_loss"])
             raise FloatingPointError(f"stopping: {message}")
-        _report(f"{student_arch} ({config.method}): best test accuracy {results[0]['best_test_acc']:.2f}% "
+        report(f"{student_arch} ({config.method}): best test accuracy {results[0]['best_test_acc']:.2f}% "
                 f"(epoch {results[0]['best_epoch']}), final {results[0]['final_test_acc']:.2f}%")
         return results[0]
     summary = runs.summarize(plan, results)
     runs.write_summary(workdir, summary)
-    _report(f"{student_arch} ({config.method}), {len(plan.runs)} runs in one program:\n{runs.format_table(summary)}")
+    report(f"{student_arch} ({config.method}), {len(plan.runs)} runs in one program:\n{runs.format_table(summary)}")
     if all(total["diverged_epoch"] for total in totals):
         raise FloatingPointError(f"every run diverged; see {workdir / 'summary.json'}")
     return summary
@@ -654,17 +670,18 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs) -> tuple[TrainSt
 
 
 def load_network(
-    checkpoint: str | os.PathLike, arch: str, num_classes: int, dtype: jnp.dtype = jnp.float32
+    checkpoint: str | os.PathLike, arch: str, num_classes: int | None, dtype: jnp.dtype = jnp.float32
 ) -> tuple[flax.linen.Module, Variables, dict[str, Any]]:
-    """Model, variables and info (`arch`...) of the network saved at `checkpoint`.
+    """Model, variables and info (`arch`, `num_classes`...) of the network saved at `checkpoint`.
 
     `checkpoint` is any form `checkpoints.load_variables` reads; `arch` is only used for a
-    `.pth`, the other formats say which architecture they hold.
+    `.pth`, the other formats say which architecture they hold. `num_classes`, needed for a
+    `.pth`, is otherwise checked against the checkpoint's when given.
     """
     pth_arch = arch if str(checkpoint).endswith(".pth") else None
     variables, info = checkpoints.load_variables(checkpoint, arch=pth_arch, num_classes=num_classes)
     has_bias = "bias" in variables["params"]["classifier"]
-    return create_model(info["arch"], num_classes, dtype, has_bias), variables, info
+    return create_model(info["arch"], info["num_classes"], dtype, has_bias), variables, info
 
 
 def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> dict[str, Any]:
