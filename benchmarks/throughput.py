@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
     config.dtype = args.dtype
     config.batch_size = args.batch_size
     if args.runs > 1 and args.shared_inputs:
-            config.runs.sweep = "optim.lr=" + ",".join(str(0.05 * (k + 1)) for k in range(args.runs))
+        config.runs.sweep = "optim.lr=" + ",".join(str(0.05 * (k + 1)) for k in range(args.runs))
     elif args.runs > 1:
         config.runs.seeds = tuple(range(args.runs))
     config.runs.vectorize = args.vectorize

@@ -692,21 +692,24 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     """
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    # Generated data sets depend on the seed, so each network is tested on its own seed's data;
+    # one source per seed serves every network trained with it.
+    source_for = functools.cache(lambda seed: input_pipeline.create_source(runs.with_value(config, "seed", seed)))
     path = pathlib.Path(checkpoint)
     run_dirs = runs.run_directories(path) if path.is_dir() and not (path / "checkpoints").exists() else []
     if not run_dirs:
-        return _evaluate_network(config, checkpoint, mesh)
-    results = [_evaluate_network(config, directory, mesh, label=f"{directory.name}: ") for directory in run_dirs]
+        return _evaluate_network(config, checkpoint, source_for, mesh)
+    results = [_evaluate_network(config, directory, source_for, mesh, label=f"{directory.name}: ")
+               for directory in run_dirs]
     accuracy = runs.mean_and_std([result["test_acc"] for result in results])
     print(f"mean ± std over {len(results)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
     return {"runs": results, "test_acc": accuracy}
 
 
-def _evaluate_network(config, checkpoint, mesh, label: str = "") -> dict[str, Any]:
-    source = input_pipeline.create_source(config)
-    model, variables, info = load_network(checkpoint, config.student.arch, source.num_classes, activation_dtype(config))
-    if info.get("seed", config.seed) != config.seed:  # generated data sets depend on the seed
-        source = input_pipeline.create_source(runs.with_value(config, "seed", info["seed"]))
+def _evaluate_network(config, checkpoint, source_for, mesh, label: str = "") -> dict[str, Any]:
+    num_classes = source_for(config.seed).num_classes
+    model, variables, info = load_network(checkpoint, config.student.arch, num_classes, activation_dtype(config))
+    source = source_for(info.get("seed", config.seed))
     result = run_evaluation(jax.jit(make_eval_step(model)), sharding.replicate(variables, mesh), source, mesh)
     print(f"{label}top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
           f"({result['test_count']} images)")
