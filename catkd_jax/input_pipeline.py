@@ -1156,8 +1156,9 @@ class TFDSImageSource(_StreamedImages):
         size = self._image_size
         split, count = ("train", self.num_train) if train else ("validation", self.num_eval)
         start, stop = self._slice(count)
-        # The largest slice decides the batch count of every process.
-        num_batches = -(-(-(-count // self._process_count)) // self._eval_batch)
+        # The largest slice (`count / P` rounded up) decides the batch count of every process.
+        largest_slice = math.ceil(count / self._process_count)
+        num_batches = math.ceil(largest_slice / self._eval_batch)
         padding = tf.data.Dataset.from_tensors(
             (tf.zeros([size, size, 3], tf.float32), tf.constant(0, tf.int32), tf.constant(False))
         ).repeat(num_batches * self._eval_batch - (stop - start))
