@@ -9,12 +9,14 @@ All logic lives in `catkd_jax`; this file only parses flags and reports the envi
 
 import os
 import pathlib
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catkd_jax import probe, quickstart, train, visualize
+from catkd_jax import interruption, probe, quickstart, sharding, train, visualize
+from catkd_jax.console import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
@@ -27,10 +29,12 @@ _MODE = flags.DEFINE_enum(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "For eval, visualize and linear_probe: a workdir, checkpoint or model directory, or a .pth."
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [],
+    "Training: fields (e.g. optim.lr) that may differ from the workdir's config.json when resuming; "
+    "each change is logged in <workdir>/config_changes.jsonl.",
+)
 flags.mark_flags_as_required(["config"])
-
-# Environment variables that mean "this is one process of a multi-host job".
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def main(argv: list[str]) -> None:
@@ -38,8 +42,32 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # the libraries' INFO logs drown the progress lines
-    if any(name in os.environ for name in _DISTRIBUTED_ENV):
-        jax.distributed.initialize()
+    try:
+        run()
+    except UserError as error:
+        _exit_with(f"error: {error}", 1)
+    except interruption.Interrupted as error:
+        _exit_with(str(error), error.exit_code)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        # Every process says it (process 0 may be the one that died), and none waits in
+        # jax.distributed's shutdown for a process that is gone.
+        first_line = str(error).strip().splitlines()[0]
+        print(f"error: process {jax.process_index()} of {jax.process_count()}: an operation across the "
+              f"job's processes failed, most likely because another process stopped ({first_line}). "
+              "Run the same command on every host to resume from the last checkpoint", file=sys.stderr, flush=True)
+        os._exit(1)  # pylint: disable=protected-access
+
+
+def _exit_with(message: str, code: int) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run() -> None:
+    sharding.start_processes()
     logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].platform)
@@ -57,7 +85,7 @@ def main(argv: list[str]) -> None:
     elif config.pipeline == "quickstart":
         quickstart.run(config, workdir)
     elif config.pipeline == "single":
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     else:
         raise app.UsageError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
 

@@ -8,13 +8,15 @@ Model directory (a frozen network, e.g. a converted teacher)::
 It is written under a temporary name and renamed into place, so a crash never leaves a
 half-written directory under the final name.
 
-Training checkpoints (orbax CheckpointManager, atomic by construction)::
+Training checkpoints (one orbax CheckpointManager, atomic by construction)::
 
-    WORKDIR/checkpoints/latest/<step>/{state,meta}   the last `keep` periodic ones
-    WORKDIR/checkpoints/best/<step>/{state,meta}     the best test accuracy so far
+    WORKDIR/checkpoints/<step>/{state,meta}   the newest `keep` steps and the best evaluated one
+    WORKDIR/checkpoints.unreadable/           damaged steps set aside on resume (see below)
 
 `state` is `{"step", "params", "batch_stats", "opt_state"}`; `meta` is JSON with the epoch,
-best accuracy, and the model's `arch`, `num_classes` and `classifier_bias`.
+best accuracy, and the model's `arch`, `num_classes` and `classifier_bias`; a checkpoint saved
+mid-epoch (an interruption) adds `epoch_step` (the epoch's steps done) and `epoch_sums` (its
+training metrics so far), so the epoch resumes exactly.
 
 `load_variables(path)` reads a network from any of: a workdir (its latest checkpoint), a
 checkpoint manager directory (its latest step), a step directory, a model directory, or a
@@ -27,12 +29,16 @@ import json
 import os
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
 
+from catkd_jax.console import UserError, warn
 from catkd_jax.models import canonical_name
 
 MODEL_FORMAT = "catkd-jax-model"
@@ -79,59 +85,127 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
 
 class TrainCheckpoints:
-    """Periodic and best training checkpoints of one workdir."""
+    """The training checkpoints of one workdir: `WORKDIR/checkpoints/<step>/{state,meta}`.
 
-    def __init__(self, workdir: str | os.PathLike, keep: int):
-        root = pathlib.Path(workdir).absolute() / "checkpoints"
-        self.latest = ocp.CheckpointManager(
-            root / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "meta"),
-        )
-        self.best = ocp.CheckpointManager(
-            root / "best",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-            item_names=("state", "meta"),
-        )
+    One orbax `CheckpointManager` writes each step once, atomically, with every process taking
+    part, so two saves can never race for the same step or the same cross-process barrier
+    (`barrier_prefix` keeps the barriers of several managers of one program apart, e.g. one per
+    run). It keeps the newest `keep` steps and the evaluated step with the best test accuracy
+    (the earliest of equals); a step saved with `test_acc=None` (mid-epoch) is never "best".
+    Temporary directories of an interrupted save are removed when the manager opens.
+    """
 
-    def save(self, state: dict[str, Any], meta: dict[str, Any], *, periodic: bool, best: bool) -> None:
-        """Saves in the background; `wait()` (or `close()`) before relying on the files."""
-        step = int(meta["step"])
-        for manager, wanted in ((self.latest, periodic), (self.best, best)):
-            if wanted:
-                manager.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                    ),
-                    force=True,
-                )
-
-    def restore_latest(self, abstract_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The latest periodic checkpoint as `(state, meta)` shaped like `abstract_state`."""
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+    def __init__(self, workdir: str | os.PathLike, keep: int, barrier_prefix: str = ""):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        if (self.directory / "latest").is_dir():
+            raise UserError(
+                f"{self.directory} has the old layout (latest/ and best/); move the step "
+                f"directories of {self.directory / 'latest'} up into {self.directory} to resume"
+            )
+        self._options = ocp.CheckpointManagerOptions(
+            create=True,
+            cleanup_tmp_directories=True,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy([
+                checkpoint_managers.LatestN(keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=_best_first, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]),
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=barrier_prefix or None
             ),
         )
-        return restored.state, restored.meta
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self._options, item_names=_ITEMS)
+
+    def save(self, state: dict[str, Any], meta: dict[str, Any], test_acc: float | None) -> None:
+        """Saves `state` at step `meta["step"]` in the background; `wait()` before relying on it.
+
+        `test_acc` is the step's evaluated accuracy (None mid-epoch), which decides the best step.
+        """
+        step = int(meta["step"])
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            metrics=None if test_acc is None else {"test_acc": float(test_acc), "step": step},
+            force=True,
+        )
+
+    def newest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore_newest(self, abstract_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The newest readable checkpoint as `(state, meta)` shaped like `abstract_state`, or None.
+
+        A step that cannot be read (a kill or a full disk damaged it) is moved to
+        `checkpoints.unreadable/` with a warning, and the step before it is tried, so a replay
+        can write that step again. When no step can be read, a `UserError` names what to delete.
+        """
+        failures = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as error:  # pylint: disable=broad-except  # any damage: try the step before
+                failures.append((step, error))
+                continue
+            if failures:
+                self._set_aside([failed for failed, _ in failures], f"step {step}")
+            return restored.state, dict(restored.meta)
+        if failures:
+            step, error = failures[0]
+            raise UserError(
+                f"no checkpoint in {self.directory} can be read (step {step}: {_first_line(error)}); "
+                f"delete {self.directory} to start the run over, or restore it from a copy"
+            )
+        return None
+
+    def _set_aside(self, steps: list[int], fallback: str) -> None:
+        """Moves unreadable `steps` out of the manager's directory (process 0; all processes wait)."""
+        aside = self.directory.with_name("checkpoints.unreadable")
+        moved = [aside / f"{step}-{int(time.time())}" for step in steps]
+        self._manager.close()
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            for step, target in zip(steps, moved):
+                os.replace(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"catkd_set_aside_{self.directory}")
+        self._manager = self._open()
+        listing = ", ".join(str(path) for path in moved)
+        warn(f"checkpoint steps {', '.join(map(str, steps))} of {self.directory} could not be read; "
+             f"resuming from {fallback}. The unreadable steps are now in {listing}: delete them "
+             "once you no longer need to inspect them")
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        self._manager.close()
+
+
+_ITEMS = ("state", "meta")
+
+
+def _best_first(metrics: dict[str, float]) -> tuple[float, int]:
+    """Orders evaluated steps for `BestN`: by accuracy, the earlier of equal ones ranking higher."""
+    return metrics["test_acc"], -metrics["step"]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) -> tuple[dict, dict]:
     with ocp.CheckpointManager(
-        manager_dir, options=ocp.CheckpointManagerOptions(create=False), item_names=("state", "meta")
+        manager_dir, options=ocp.CheckpointManagerOptions(create=False), item_names=_ITEMS
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -169,8 +243,8 @@ def load_variables(
         raise FileNotFoundError(f"no checkpoint at {source}")
     if (source / "model.json").is_file():
         variables, info = load_model(source)
-    elif (source / "checkpoints" / "latest").is_dir():
-        variables, info = _restore_training_checkpoint(source / "checkpoints" / "latest", None)
+    elif (source / "checkpoints").is_dir():
+        variables, info = _restore_training_checkpoint(source / "checkpoints", None)
     elif (source / "state").is_dir() and source.name.isdigit():
         variables, info = _restore_training_checkpoint(source.parent, int(source.name))
     elif any(child.name.isdigit() for child in source.iterdir()):

@@ -282,15 +282,23 @@ class DataSource(abc.ABC):
             raise ValueError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
         return _entropy(self._seed, stream, epoch)
 
-    def _train_ids_for_epoch(self, epoch: int) -> np.ndarray:
-        """`[steps_per_epoch * B]`: this process's data-set indices for `epoch`, in batch order."""
+    def _train_ids_for_epoch(self, epoch: int, first_step: int = 0) -> np.ndarray:
+        """`[(steps_per_epoch - first_step) * B]`: this process's data-set indices for `epoch`,
+        in batch order, from batch `first_step` on."""
         rng = np.random.default_rng(self._epoch_entropy(_SHUFFLE, epoch))
         order = rng.permutation(self.num_train)
         steps = order[: self.steps_per_epoch * self._global_batch].reshape(
             self.steps_per_epoch, self._global_batch
-        )
+        )[self._first_step(first_step):]
         start = self._process_index * self._batch
         return self._train_ids[steps[:, start : start + self._batch].reshape(-1)]
+
+    def _first_step(self, first_step: int) -> int:
+        if isinstance(first_step, bool) or not isinstance(first_step, (int, np.integer)) or not (
+            0 <= first_step <= self.steps_per_epoch
+        ):
+            raise ValueError(f"first_step must be an integer in 0..{self.steps_per_epoch}, got {first_step!r}")
+        return int(first_step)
 
     def _augmentation_seed(self, epoch: int) -> np.ndarray:
         """`[2]` int64 seed of `epoch`'s stateless augmentation (same in every process)."""
@@ -335,8 +343,11 @@ class DataSource(abc.ABC):
         return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
     @abc.abstractmethod
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """This process's `steps_per_epoch` augmented training batches of `epoch` (from 1).
+
+        With `first_step`, the epoch's batches from that one on (exactly those of a full pass,
+        which resumes an epoch interrupted after `first_step` steps).
 
         Returns:
           an iterator of {"image": float32 `[B, H, W, 3]` normalised, "label": int32 `[B]`},
@@ -422,9 +433,9 @@ class ArraySource(DataSource):
         tf = _tensorflow()
         return (tf.cast(images, tf.float32) / 255.0 - self.mean) / self.std
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         tf = _tensorflow()
-        ids = self._train_ids_for_epoch(epoch)
+        ids = self._train_ids_for_epoch(epoch, first_step)
         epoch_seed = tf.constant(self._augmentation_seed(epoch))
         shape = self._train_images.shape[1:]
 
@@ -521,8 +532,8 @@ class SyntheticSource(DataSource):
         )
         return 0.6 * self._templates[labels] + 0.8 * noise
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        ids = self._train_ids_for_epoch(epoch).reshape(-1, self._batch)
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        ids = self._train_ids_for_epoch(epoch, first_step).reshape(-1, self._batch)
         return (
             {
                 "image": self._examples(_SYNTHETIC_TRAIN, batch, self._train_labels[batch]),
@@ -704,8 +715,8 @@ class ShapesSource(DataSource):
             "box": np.where(flip[:, None], mirrored, boxes).astype(np.int32),
         }
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        ids = self._train_ids_for_epoch(epoch).reshape(-1, self._batch)
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        ids = self._train_ids_for_epoch(epoch, first_step).reshape(-1, self._batch)
         # One coin per data-set example, not per position, so any process count agrees.
         rng = np.random.default_rng(self._epoch_entropy(_AUGMENT, epoch))
         flips = rng.random(len(self._train_labels)) < 0.5
@@ -997,9 +1008,9 @@ class FolderImageSource(_StreamedImages):
         self._train_files = tf.constant(list(train_files), tf.string)
         self._test_files = tf.constant(list(test_files), tf.string)
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         tf = _tensorflow()
-        ids = self._train_ids_for_epoch(epoch)
+        ids = self._train_ids_for_epoch(epoch, first_step)
         epoch_seed = tf.constant(self._augmentation_seed(epoch))
         size = self._image_size
 
@@ -1127,8 +1138,9 @@ class TFDSImageSource(_StreamedImages):
             decoders={"image": tfds.decode.SkipDecoding()},
         )
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         tf = _tensorflow()
+        first_step = self._first_step(first_step)
         file_seed, buffer_seed = self._epoch_entropy(_SHUFFLE, epoch).generate_state(2, np.uint32)
         epoch_seed = tf.constant(self._augmentation_seed(epoch))
         size = self._image_size
@@ -1142,9 +1154,12 @@ class TFDSImageSource(_StreamedImages):
         dataset = (
             self._records("train", self.num_train, shuffle_seed=int(file_seed))
             .shuffle(self._shuffle_buffer, seed=int(buffer_seed))
+            .skip(first_step * self._batch)  # before decoding: skipped records are only read
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         )
-        dataset = self._finish(dataset, self._batch, drop_remainder=True).take(self.steps_per_epoch)
+        dataset = self._finish(dataset, self._batch, drop_remainder=True).take(
+            self.steps_per_epoch - first_step
+        )
         return (
             {"image": images, "label": labels} for images, labels in dataset.as_numpy_iterator()
         )

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import input_pipeline, runs, sharding, train
+from catkd_jax import console, input_pipeline, runs, sharding, train
 
 Variables = dict[str, Any]
 
@@ -373,6 +373,6 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    train.report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
+    console.report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
             f"{result['num_features']} features)")
     return result

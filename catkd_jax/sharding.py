@@ -1,5 +1,8 @@
 """The one place that decides where arrays live: a 1-D device mesh with a 'data' axis.
 
+`start_processes()` joins a multi-process job (several hosts, or several processes on one) when
+the environment describes one; every process then sees all devices of all processes.
+
 Parameters and optimiser state are replicated; batches are split along their batch axis over
 all devices of all processes (the first axis, or the second when a leading axis holds the
 batches of several runs, `catkd_jax.runs`). One `jax.jit` over this mesh is the whole parallelism story:
@@ -9,13 +12,54 @@ XLA inserts the collectives (gradient all-reduce, BatchNorm statistics of the gl
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterable, Iterator
+import os
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from catkd_jax.console import UserError
+
 DATA_AXIS = "data"
+
+# A job described by hand: all three, JAX_LOCAL_DEVICE_IDS optional.
+JAX_PROCESS_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# Clusters whose variables jax.distributed reads itself (its SLURM and Open MPI detection).
+_SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+_OPEN_MPI_VARIABLE = "OMPI_MCA_orte_hnp_uri"
+
+
+def start_processes(environ: Mapping[str, str] = os.environ) -> None:
+    """Joins the multi-process job `environ` describes, if any; call before any other JAX use.
+
+    A job is described by JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID (optionally JAX_LOCAL_DEVICE_IDS, e.g. "0,1"), or is a SLURM step or an
+    Open MPI launch of more than one task. Anything else runs as one process.
+    """
+    given = [name for name in JAX_PROCESS_VARIABLES if environ.get(name)]
+    if given:
+        missing = [name for name in JAX_PROCESS_VARIABLES if name not in given]
+        if missing:
+            raise UserError(
+                f"{', '.join(given)} set but {', '.join(missing)} not; a multi-process job needs all of "
+                f"{', '.join(JAX_PROCESS_VARIABLES)} (unset them all to run as one process)"
+            )
+        try:
+            num_processes, process_id = int(environ["JAX_NUM_PROCESSES"]), int(environ["JAX_PROCESS_ID"])
+            local_ids = environ.get("JAX_LOCAL_DEVICE_IDS")
+            local_device_ids = [int(item) for item in local_ids.split(",")] if local_ids else None
+        except ValueError as error:
+            raise UserError(f"JAX_NUM_PROCESSES, JAX_PROCESS_ID and JAX_LOCAL_DEVICE_IDS must be integers "
+                            f"(the last a comma-separated list): {error}") from None
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"JAX_PROCESS_ID={process_id} must be in 0..JAX_NUM_PROCESSES-1 ({num_processes - 1})")
+        jax.distributed.initialize(environ["JAX_COORDINATOR_ADDRESS"], num_processes, process_id,
+                                   local_device_ids)
+    elif all(name in environ for name in _SLURM_VARIABLES) and int(environ["SLURM_NTASKS"]) > 1:
+        jax.distributed.initialize()
+    elif _OPEN_MPI_VARIABLE in environ and int(environ.get("OMPI_COMM_WORLD_SIZE", "2")) > 1:
+        jax.distributed.initialize()
 
 
 def create_mesh() -> Mesh:

@@ -9,6 +9,7 @@ checkpoints, and resumes from the latest checkpoint when re-run with the same wo
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -25,7 +26,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, input_pipeline, methods, runs, sharding
+from catkd_jax import checkpoints, input_pipeline, interruption, methods, record, runs, sharding
+from catkd_jax.console import UserError, report
 from catkd_jax.models import canonical_name, create_model, folding
 
 Variables = dict[str, Any]
@@ -395,12 +397,6 @@ def prepare_teacher(config: ml_collections.ConfigDict, workdir: str, num_classes
 # --- Logging -------------------------------------------------------------------------------
 
 
-def report(message: str) -> None:
-    """A line for the person at the terminal, from the first process only."""
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 
 class _EpochLog:
     """metrics.jsonl and TensorBoard scalars, written by the first process only."""
@@ -467,24 +463,60 @@ def initial_states(
     return TrainState(**_stack(jax.device_get(states)))
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Where training stands: the next epoch, its steps already done and their metric sums."""
+
+    epoch: int = 1
+    epoch_step: int = 0
+    epoch_sums: dict[str, np.ndarray] | None = None  # per-step metric sums of the epoch, [R] each
+
+
 def _restore(savers, state: TrainState, directories) -> tuple[TrainState, list[dict] | None]:
-    """The runs' stacked state from their latest checkpoints (all after the same epoch), if any."""
+    """The runs' stacked state from their newest checkpoints (all at the same step), if any."""
     template = jax.tree_util.tree_map(np.asarray, _unstack(state.as_dict(), 0))
-    restored = [saver.restore_latest(template) for saver in savers]
+    restored = [saver.restore_newest(template) for saver in savers]
     if all(item is None for item in restored):
         return state, None
-    epochs = [None if item is None else item[1]["epoch"] for item in restored]
-    if len(set(epochs)) > 1:
-        listing = ", ".join(f"{path.name}: {epoch or 'none'}" for path, epoch in zip(directories, epochs))
-        raise ValueError(
-            f"the runs' latest checkpoints are after different epochs ({listing}); resume needs them "
-            "equal. Delete the checkpoints/latest steps after the earliest epoch, or start a new workdir"
+    steps = [None if item is None else item[1]["step"] for item in restored]
+    if len(set(steps)) > 1:
+        listing = ", ".join(f"{path.name}: {step or 'none'}" for path, step in zip(directories, steps))
+        raise UserError(
+            f"the runs' newest checkpoints are at different steps ({listing}); resume needs them "
+            "equal. Delete the checkpoint steps after the earliest one, or start a new workdir"
         )
     return TrainState(**_stack([item[0] for item in restored])), [item[1] for item in restored]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+def _resumed_progress(metas: list[dict[str, Any]], steps_per_epoch: int) -> _Progress:
+    """The progress the runs' checkpoint metas record (after an epoch, or mid-epoch)."""
+    meta = metas[0]
+    if "epoch_step" not in meta:
+        return _Progress(epoch=meta["epoch"] + 1)
+    if meta["step"] != (meta["epoch"] - 1) * steps_per_epoch + meta["epoch_step"]:
+        raise UserError(
+            f"the checkpoint of step {meta['step']} was saved with another number of steps per epoch "
+            "(data set or batch size); resume with the config it was made with"
+        )
+    sums = {name: np.asarray([m["epoch_sums"][name] for m in metas], np.float32) for name in meta["epoch_sums"]}
+    return _Progress(epoch=meta["epoch"], epoch_step=meta["epoch_step"], epoch_sums=sums)
+
+
+def _has_checkpoint_steps(directory: pathlib.Path) -> bool:
+    steps = directory / "checkpoints"
+    return steps.is_dir() and any(child.name.isdigit() for child in steps.iterdir())
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, allow_changes: Sequence[str] = ()
+) -> dict[str, Any]:
     """Trains, evaluates every epoch, checkpoints and resumes; returns the final summary.
+
+    Re-run with the same workdir, it resumes from the newest checkpoint, mid-epoch included;
+    the config must then equal the workdir's record except for the fields `record` lets change
+    and those named in `allow_changes`. SIGINT, SIGTERM or a JAX preemption notice end the
+    current step, save a checkpoint at it and raise `interruption.Interrupted`. A config that
+    fails validation leaves the workdir untouched.
 
     With `config.runs` asking for several runs (`catkd_jax.runs`), trains them all in one
     program, each in `workdir/run_<k>`, writes `workdir/summary.json`, prints a table and
@@ -492,7 +524,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     checkpoint while the others go on.
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -502,12 +533,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     plan = runs.plan_runs(config)
     directories = plan.directories(workdir)
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        for directory, run_config in zip(directories, run_configs):
-            directory.mkdir(exist_ok=True)
-            if plan.multiple:
-                (directory / "config.json").write_text(run_config.to_json_best_effort(indent=2) + "\n")
 
     # Runs with one seed share their data; otherwise each run has the source its seed makes.
     sources = [input_pipeline.create_source(run_config)
@@ -516,6 +541,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     dtype = activation_dtype(config)
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
+    resuming = any(_has_checkpoint_steps(directory) for directory in directories)
+    changes = record.check_resume(workdir, config, allow_changes) if resuming else {}
     teacher_variables = prepare_teacher(config, str(workdir), source.num_classes)
     teacher = None
     if teacher_variables is not None:
@@ -524,21 +551,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         teacher_variables = teacher_inference_variables(config, teacher, teacher_variables, source.image_shape)
         teacher_variables = sharding.replicate(teacher_variables, mesh)
 
+    # Validated: from here on the workdir is written.
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        record.write(workdir, config, changes)
+        for directory, run_config in zip(directories, run_configs):
+            directory.mkdir(exist_ok=True)
+            if plan.multiple:
+                (directory / record.CONFIG_FILE).write_text(run_config.to_json_best_effort(indent=2) + "\n")
     steps_per_epoch = source.steps_per_epoch
     if config.optim.lr_batch_size and config.batch_size != config.optim.lr_batch_size:
         report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
                 f"scaled linearly to {base_learning_rate(config):g} for the batch of {config.batch_size}.")
-    savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep) for directory in directories]
+    savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep,
+                                           barrier_prefix=run.name if plan.multiple else "")
+              for run, directory in zip(plan.runs, directories)]
+    try:
+        return _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher,
+                           teacher_variables, savers, mesh)
+    finally:
+        for saver in savers:
+            saver.wait()
+            saver.close()
+
+
+def _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher, teacher_variables,
+                savers, mesh) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir is set up: restore, train every epoch, summarise."""
+    source = sources[0]
+    steps_per_epoch = source.steps_per_epoch
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch)
     state, metas = _restore(savers, state, directories)
     totals = [dict(best_acc=-1.0, best_epoch=0, final_acc=float("nan"), diverged_epoch=0) for _ in plan.runs]
-    start_epoch = 1
+    progress = _Progress()
     if metas is not None:
-        start_epoch = metas[0]["epoch"] + 1
+        progress = _resumed_progress(metas, steps_per_epoch)
         for total, meta in zip(totals, metas):
-            total.update(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"], final_acc=meta["test_acc"])
+            total.update(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"],
+                         final_acc=float("nan") if meta["test_acc"] is None else meta["test_acc"])
         best = ", ".join(f"{t['best_acc']:.2f}% at epoch {t['best_epoch']}" for t in totals)
-        report(f"Resuming {workdir} after epoch {metas[0]['epoch']} (best {best}).")
+        where = (f"in epoch {progress.epoch} after step {metas[0]['step']}" if progress.epoch_step
+                 else f"after epoch {metas[0]['epoch']}")
+        report(f"Resuming {workdir} {where} (best {best}).")
     state = sharding.replicate(state, mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
 
@@ -547,67 +601,96 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                          donate_argnums=0)
     eval_step = jax.jit(make_multi_run_eval_step(student, plan, vectorize))
     schedules = [learning_rate_schedule(run_config, steps_per_epoch) for run_config in run_configs]
-    logs = [_EpochLog(directory, start_epoch - 1) for directory in directories]
-    info = dict(arch=student_arch, num_classes=source.num_classes, classifier_bias=config.student.classifier_bias)
+    logs = [_EpochLog(directory, progress.epoch - 1) for directory in directories]
+    info = dict(arch=canonical_name(config.student.arch), num_classes=source.num_classes,
+                classifier_bias=config.student.classifier_bias)
     step = lambda state, batch: train_step(state, batch, teacher_variables, values)
+
+    def save(state_on_host: dict[str, Any], epoch: int, global_step: int, test_acc: list[float | None],
+             partial: dict[str, Any] | None = None) -> None:
+        """Each live run's checkpoint at `global_step`; `partial` holds a mid-epoch save's progress."""
+        for k, (run, saver) in enumerate(zip(plan.runs, savers)):
+            total = totals[k]
+            if total["diverged_epoch"]:
+                continue
+            meta = dict(info, epoch=epoch, step=global_step, best_acc=total["best_acc"],
+                        best_epoch=total["best_epoch"], seed=run.seed,
+                        test_acc=None if math.isnan(total["final_acc"]) else total["final_acc"])
+            if plan.field is not None:
+                meta["sweep"] = {plan.field: run.value}
+            if partial is not None:
+                meta.update(epoch_step=partial["epoch_step"],
+                            epoch_sums={name: float(value[k]) for name, value in partial["sums"].items()})
+            saver.save(_unstack(state_on_host, k), meta, test_acc[k])
+
     try:
-        for epoch in range(start_epoch, config.num_epochs + 1):
-            started = time.time()
-            state, train = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs)
-            evaluation = _evaluate_runs(
-                eval_step, {"params": state.params, "batch_stats": state.batch_stats}, sources, mesh
-            )
-            host_state = None
-            for k, (run, directory) in enumerate(zip(plan.runs, directories)):
-                total = totals[k]
-                if total["diverged_epoch"]:
-                    continue
-                if not math.isfinite(train[k]["train_loss"]):
-                    total.update(diverged_epoch=epoch, diverged_loss=train[k]["train_loss"])
-                    if plan.multiple:
-                        report(f"{run.name} ({plan.describe(run)}): "
-                                f"{_divergence_message(savers[k], directory, epoch, total['diverged_loss'])} "
-                                "The other runs go on.")
-                    continue
-                total["final_acc"] = evaluation[k]["test_acc"]
-                is_best = total["final_acc"] > total["best_acc"]
-                if is_best:
-                    total.update(best_acc=total["final_acc"], best_epoch=epoch)
-                record = dict(
-                    epoch=epoch,
-                    lr=float(schedules[k]((epoch - 1) * steps_per_epoch)),
-                    **train[k],
-                    **{key: value for key, value in evaluation[k].items() if key != "test_count"},
-                    best_test_acc=total["best_acc"],
-                    epoch_seconds=time.time() - started,
+        with interruption.StopRequests() as stop:
+            for epoch in range(progress.epoch, config.num_epochs + 1):
+                started = time.time()
+                state, sums, epoch_step = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs,
+                                                       progress, stop)
+                global_step = (epoch - 1) * steps_per_epoch + epoch_step
+                if epoch_step < steps_per_epoch:  # stopped mid-epoch
+                    save(jax.device_get(state.as_dict()), epoch, global_step, [None] * len(plan.runs),
+                         partial=dict(epoch_step=epoch_step, sums=sums))
+                    raise stop.interrupted(epoch, global_step)
+                progress = _Progress(epoch=epoch + 1)
+                train = _mean_train_metrics(sums)
+                evaluation = _evaluate_runs(
+                    eval_step, {"params": state.params, "batch_stats": state.batch_stats}, sources, mesh
                 )
-                logs[k].write(record)
-                prefix = f"{run.name} ({plan.describe(run)}) " if plan.multiple else ""
-                report(
-                    f"{prefix}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
-                    f"test acc {record['test_acc']:.2f}% top5 {record['test_acc_top5']:.2f}% "
-                    f"(best {total['best_acc']:.2f}%) | {record['epoch_seconds']:.0f}s"
-                )
+                # The epoch's last step is checked here, so a stop then saves the evaluated epoch.
+                stopping = stop.should_stop(global_step)
                 periodic = epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs
-                if periodic or is_best:
-                    host_state = jax.device_get(state.as_dict()) if host_state is None else host_state
-                    meta = dict(info, epoch=epoch, step=int(host_state["step"][k]), best_acc=total["best_acc"],
-                                best_epoch=total["best_epoch"], test_acc=total["final_acc"], seed=run.seed)
-                    if plan.field is not None:
-                        meta["sweep"] = {plan.field: run.value}
-                    savers[k].save(jax.tree_util.tree_map(np.asarray, _unstack(host_state, k)), meta, periodic=periodic, best=is_best)
-            if all(total["diverged_epoch"] for total in totals):
-                break
+                saved_acc: list[float | None] = [None] * len(plan.runs)
+                wanted = False
+                for k, (run, directory) in enumerate(zip(plan.runs, directories)):
+                    total = totals[k]
+                    if total["diverged_epoch"]:
+                        continue
+                    if not math.isfinite(train[k]["train_loss"]):
+                        total.update(diverged_epoch=epoch, diverged_loss=train[k]["train_loss"])
+                        if plan.multiple:
+                            report(f"{run.name} ({plan.describe(run)}): "
+                                   f"{_divergence_message(savers[k], directory, epoch, total['diverged_loss'])} "
+                                   "The other runs go on.")
+                        continue
+                    total["final_acc"] = evaluation[k]["test_acc"]
+                    is_best = total["final_acc"] > total["best_acc"]
+                    if is_best:
+                        total.update(best_acc=total["final_acc"], best_epoch=epoch)
+                    record_line = dict(
+                        epoch=epoch,
+                        lr=float(schedules[k]((epoch - 1) * steps_per_epoch)),
+                        **train[k],
+                        **{key: value for key, value in evaluation[k].items() if key != "test_count"},
+                        best_test_acc=total["best_acc"],
+                        epoch_seconds=time.time() - started,
+                    )
+                    logs[k].write(record_line)
+                    prefix = f"{run.name} ({plan.describe(run)}) " if plan.multiple else ""
+                    report(
+                        f"{prefix}epoch {epoch}: train loss {record_line['train_loss']:.4f} "
+                        f"acc {record_line['train_acc']:.2f}% | test acc {record_line['test_acc']:.2f}% "
+                        f"top5 {record_line['test_acc_top5']:.2f}% (best {total['best_acc']:.2f}%) | "
+                        f"{record_line['epoch_seconds']:.0f}s"
+                    )
+                    saved_acc[k] = total["final_acc"]
+                    wanted = wanted or periodic or is_best or stopping
+                if wanted:  # one step, saved once for every live run (best or not, all get it)
+                    save(jax.device_get(state.as_dict()), epoch, global_step, saved_acc)
+                if stopping:
+                    raise stop.interrupted(epoch, global_step)
+                if all(total["diverged_epoch"] for total in totals):
+                    break
     finally:
-        for saver in savers:
-            saver.wait()
-            saver.close()
         for log in logs:
             log.close()
 
     results = [dict(best_test_acc=t["best_acc"], best_epoch=t["best_epoch"], final_test_acc=t["final_acc"],
                     epochs=config.num_epochs, **({"diverged_epoch": t["diverged_epoch"]} if t["diverged_epoch"] else {}))
                for t in totals]
+    student_arch = info["arch"]
     if not plan.multiple:
         if totals[0]["diverged_epoch"]:
             message = _divergence_message(savers[0], workdir, totals[0]["diverged_epoch"], totals[0]["diverged_loss"])
@@ -625,7 +708,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.Path, epoch: int, loss: float) -> str:
     kept = (f"The last good checkpoint is kept in {directory / 'checkpoints'}"
-            if saver.latest.latest_step() is not None else "No checkpoint was written")
+            if saver.newest_step() is not None else "No checkpoint was written")
     return (f"the training loss became {loss} in epoch {epoch}. {kept}. "
             "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy.")
 # Steps dispatched ahead of the device: enough to keep it busy, few enough to bound the memory
@@ -633,20 +716,27 @@ def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.
 _STEPS_IN_FLIGHT = 2
 
 
-def _train_epoch(step, state, sources, mesh, epoch, num_epochs) -> tuple[TrainState, list[dict[str, float]]]:
-    """One pass over the training data; returns the state and each run's mean metrics.
+def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progress,
+                 stop: interruption.StopRequests) -> tuple[TrainState, dict[str, np.ndarray], int]:
+    """The epoch's training steps from `progress.epoch_step` on, until done or asked to stop.
 
     `step(state, batch) -> (state, metrics)` is the multi-run step; `sources` holds one
-    source (inputs shared by all runs) or one per run.
+    source (inputs shared by all runs) or one per run. Returns the state, the epoch's per-step
+    metric sums (`[R]` each, `progress.epoch_sums` included) and the epoch's steps done: fewer
+    than `steps_per_epoch` when `stop` asked for it. The epoch's last step is not offered to
+    `stop`: the caller evaluates first.
     """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-    totals, in_flight, last_refresh = None, collections.deque(), time.time()
-    batches = _run_batches(sources, lambda source: source.train_batches(epoch))
-    with tqdm(total=sources[0].steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", leave=False,
+    steps_per_epoch = sources[0].steps_per_epoch
+    done = progress.epoch_step
+    totals, in_flight, last_refresh = progress.epoch_sums, collections.deque(), time.time()
+    batches = _run_batches(sources, lambda source: source.train_batches(epoch, done))
+    with tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch}/{num_epochs}", leave=False,
               disable=jax.process_index() != 0) as bar:
         for batch in sharding.prefetch(batches, mesh, run_axis=len(sources) > 1):
             state, metrics = step(state, batch)
+            done += 1
             totals = metrics if totals is None else _accumulate(totals, metrics)
             in_flight.append(metrics)
             if len(in_flight) > _STEPS_IN_FLIGHT:
@@ -657,8 +747,15 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs) -> tuple[TrainSt
                 bar.set_postfix(loss=f"{np.mean(current['loss'] / current['count']):.4f}",
                                 acc=f"{np.mean(100 * current['correct'] / current['count']):.2f}%")
                 last_refresh = time.time()
+            if done < steps_per_epoch and stop.should_stop((epoch - 1) * steps_per_epoch + done):
+                break
         sums = jax.device_get(totals)
         bar.update(len(in_flight))
+    return state, sums, done
+
+
+def _mean_train_metrics(sums: dict[str, np.ndarray]) -> list[dict[str, float]]:
+    """Each run's mean training metrics from the epoch's per-step sums."""
     results = []
     for k in range(len(sums["count"])):
         run_sums = {name: float(value[k]) for name, value in sums.items()}
@@ -666,7 +763,7 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs) -> tuple[TrainSt
         result = {"train_loss": run_sums.pop("loss") / count, "train_acc": 100.0 * run_sums.pop("correct") / count}
         result.update({f"train_{name}": value / count for name, value in run_sums.items()})
         results.append(result)
-    return state, results
+    return results
 
 
 def load_network(
@@ -702,7 +799,7 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     results = [_evaluate_network(config, directory, source_for, mesh, label=f"{directory.name}: ")
                for directory in run_dirs]
     accuracy = runs.mean_and_std([result["test_acc"] for result in results])
-    print(f"mean ± std over {len(results)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
+    report(f"mean ± std over {len(results)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
     return {"runs": results, "test_acc": accuracy}
 
 
@@ -711,6 +808,6 @@ def _evaluate_network(config, checkpoint, source_for, mesh, label: str = "") -> 
     model, variables, info = load_network(checkpoint, config.student.arch, num_classes, activation_dtype(config))
     source = source_for(info.get("seed", config.seed))
     result = run_evaluation(jax.jit(make_eval_step(model)), sharding.replicate(variables, mesh), source, mesh)
-    print(f"{label}top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
+    report(f"{label}top1 {result['test_acc']:.2f} top5 {result['test_acc_top5']:.2f} loss {result['test_loss']:.4f} "
           f"({result['test_count']} images)")
     return result

@@ -913,3 +913,29 @@ def test_malformed_imagenet_folders_are_refused(tmp_path, flat_val, match):
         (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
     with pytest.raises(ValueError, match=match):
         input_pipeline.create_source(_imagenet_config(data_source="folder", data_dir=str(tmp_path)))
+
+
+def _assert_resumed_epoch_is_the_tail(source, epoch: int, first_step: int) -> None:
+    full = list(source.train_batches(epoch))
+    resumed = list(source.train_batches(epoch, first_step))
+    assert len(full) == source.steps_per_epoch and len(resumed) == len(full) - first_step
+    for a, b in zip(full[first_step:], resumed, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("make", [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
+                         ids=["arrays", "synthetic", "shapes"])
+def test_an_epoch_resumed_at_a_step_gives_exactly_its_remaining_batches(make):
+    source = make(1, 2)
+    assert source.steps_per_epoch == 6
+    for first_step in (0, 2, 6):
+        _assert_resumed_epoch_is_the_tail(source, 2, first_step)
+    with pytest.raises(ValueError, match="first_step must be an integer in 0..6, got 7"):
+        source.train_batches(2, 7)
+
+
+def test_streamed_imagenet_epochs_resume_at_a_step(imagenet_tfds_dir, tmp_path):
+    _assert_resumed_epoch_is_the_tail(_tfds_source(imagenet_tfds_dir, 1, 2), 3, 1)
+    _write_imagenet_folder(tmp_path)
+    _assert_resumed_epoch_is_the_tail(_folder_source(tmp_path, data_image_size=32), 2, 1)

@@ -1,0 +1,27 @@
+"""What the person at the terminal reads: results, warnings and user errors, from process 0 only.
+
+`UserError` is the one exception type for a mistake the user can fix (a bad setting, an unusable
+file); the command line prints its message as one `error: ...` line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what was wrong and what to do."""
+
+
+def report(message: str) -> None:
+    """A line for the person at the terminal, from the first process only."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    """A `warning: ...` line on stderr, from the first process only."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,143 @@
+"""Several processes of one job: two processes on localhost (CPU, one device each, gloo
+collectives) train, checkpoint and resume exactly like one process with two devices, and a
+process that dies makes the other stop with a clear error instead of hanging.
+
+Every subprocess runs under a hard deadline and is SIGKILLed when the test ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from catkd_jax import checkpoints, train
+from conftest import REPO_ROOT
+from test_train import read_metrics, tiny_config
+
+DEADLINE = 90  # seconds for any one job
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("teacher")
+    train.train_and_evaluate(tiny_config(), workdir)
+    return workdir
+
+
+def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> list[str]:
+    """main.py training a CAT-KD resnet8 on tiny synthetic data (tiny_config's sizes)."""
+    settings = {
+        "method": "cat_kd", "student.arch": "resnet8", "student.classifier_bias": False,
+        "teacher.arch": "resnet8", "teacher.checkpoint": teacher, "data.name": "cifar10",
+        "data.source": "synthetic", "data.synthetic_train_size": 64, "data.synthetic_test_size": 40,
+        "batch_size": 16, "eval_batch_size": 16, "num_epochs": epochs, "checkpoint.every_epochs": 1,
+    }
+    return [sys.executable, str(REPO_ROOT / "main.py"), "--config", str(REPO_ROOT / "configs" / "default.py"),
+            "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
+    return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **variables)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Job:
+    """Processes of one job, their output in files; all are SIGKILLed on exit."""
+
+    def __init__(self, logs: pathlib.Path):
+        self.logs, self.processes = logs, []
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        index = len(self.processes)
+        with open(self.logs / f"{index}.out", "w") as out, open(self.logs / f"{index}.err", "w") as err:
+            self.processes.append(subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=err))
+        return self.processes[-1]
+
+    def output(self, index: int, stream: str = "err") -> str:
+        return (self.logs / f"{index}.{stream}").read_text()
+
+    def wait(self, deadline: float = DEADLINE) -> list[int]:
+        end = time.monotonic() + deadline
+        codes = []
+        for index, process in enumerate(self.processes):
+            try:
+                codes.append(process.wait(timeout=max(end - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"process {index} still running after {deadline}s:\n{self.output(index)[-3000:]}")
+        return codes
+
+    def __enter__(self) -> "_Job":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _two_processes(job: _Job, command: list[str]) -> None:
+    port = _free_port()
+    for process_id in range(2):
+        job.start(command, _environment(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                        JAX_PROCESS_ID=str(process_id)))
+
+
+def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher, tmp_path):
+    workdir, reference = tmp_path / "two_processes", tmp_path / "one_process"
+    with _Job(tmp_path / "logs_reference") as job:
+        job.start(_main_command(reference, teacher, 3),
+                  _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        for epochs, logs in ((2, "logs_a"), (3, "logs_b")):  # stopped after 2 epochs, then resumed
+            with _Job(tmp_path / logs) as pair:
+                _two_processes(pair, _main_command(workdir, teacher, epochs))
+                assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
+                assert "epoch" not in pair.output(1, "out"), "only process 0 reports"
+        assert job.wait() == [0], job.output(0)[-3000:]
+    assert "Resuming" in (tmp_path / "logs_b" / "0.out").read_text()
+    drop_time = lambda records: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in records]
+    ours, theirs = drop_time(read_metrics(workdir)), drop_time(read_metrics(reference))
+    assert [r["epoch"] for r in ours] == [1, 2, 3]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    a, _ = checkpoints.load_variables(workdir)
+    b, _ = checkpoints.load_variables(reference)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher, tmp_path):
+    with _Job(tmp_path / "logs") as job:
+        _two_processes(job, _main_command(tmp_path / "run", teacher, 1000))
+        end = time.monotonic() + DEADLINE
+        while "epoch 1:" not in job.output(0, "out"):  # both are past start-up and compilation
+            assert time.monotonic() < end and job.processes[0].poll() is None, job.output(0)[-3000:]
+            time.sleep(0.2)
+        job.processes[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert job.wait(deadline=60)[0] == 1
+        stopped_after = time.monotonic() - killed
+    error = job.output(0).strip().splitlines()[-1]
+    assert error.startswith("error: process 0 of 2: an operation across the job's processes failed, most likely "
+                            "because another process stopped (")
+    assert error.endswith("Run the same command on every host to resume from the last checkpoint")
+    assert "Traceback" not in job.output(0)
+    print(f"the surviving process stopped {stopped_after:.1f}s after the other was killed")
