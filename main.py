@@ -10,6 +10,7 @@ All logic lives in `catkd_jax`; this file only parses flags and reports the envi
 import os
 import pathlib
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -48,21 +49,47 @@ def main(argv: list[str]) -> None:
         _exit_with(f"error: {error}", 1)
     except interruption.Interrupted as error:
         _exit_with(str(error), error.exit_code)
-    except jax.errors.JaxRuntimeError as error:
+    except KeyboardInterrupt as error:  # a second Ctrl-C: no checkpoint of this moment
+        _exit_with(f"{error or 'interrupted'}; the last checkpoint is kept, run the same command to resume", 130,
+                   at_once=True)
+    except Exception as error:  # pylint: disable=broad-except
         if jax.process_count() == 1:
             raise
-        # Every process says it (process 0 may be the one that died), and none waits in
-        # jax.distributed's shutdown for a process that is gone.
+        _leave_job(error)
+
+
+# What XLA's and JAX's errors say when a collective loses a process of the job.
+_LOST_PROCESS_SIGNS = ("Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer",
+                       "coordination service", "heartbeat")
+
+
+def _leave_job(error: Exception) -> None:
+    """Ends this process of a multi-process job at once after an unexpected error.
+
+    Every process reports (process 0 may be the one that died). The exit skips jax.distributed's
+    orderly shutdown, which waits for every process of the job, a lost one included, until its
+    heartbeat times out (100 s), and then aborts.
+    """
+    if any(sign in str(error) for sign in _LOST_PROCESS_SIGNS):
         first_line = str(error).strip().splitlines()[0]
         print(f"error: process {jax.process_index()} of {jax.process_count()}: an operation across the "
               f"job's processes failed, most likely because another process stopped ({first_line}). "
-              "Run the same command on every host to resume from the last checkpoint", file=sys.stderr, flush=True)
-        os._exit(1)  # pylint: disable=protected-access
+              "Run the same command on every host to resume from the last checkpoint", file=sys.stderr)
+    else:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
-def _exit_with(message: str, code: int) -> None:
+def _exit_with(message: str, code: int, at_once: bool = False) -> None:
+    """Prints `message` (process 0) and exits; `at_once` skips the wait for the job's other
+    processes (see `_leave_job`), for an end they may not share."""
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
+    if at_once and jax.process_count() > 1:
+        sys.stdout.flush()
+        os._exit(code)  # pylint: disable=protected-access
     sys.exit(code)
 
 

@@ -25,12 +25,16 @@ PyTorch `.pth` (given the architecture).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
 import pathlib
 import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -146,12 +150,13 @@ class TrainCheckpoints:
         failures = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                with _quiet_failed_reads():
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                        ),
+                    )
             except Exception as error:  # pylint: disable=broad-except  # any damage: try the step before
                 failures.append((step, error))
                 continue
@@ -191,6 +196,29 @@ class TrainCheckpoints:
 
 
 _ITEMS = ("state", "meta")
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Drops what reads still in flight report when orbax gives up on a damaged checkpoint
+    ("Event loop is closed", "Future exception was never retrieved"): that failure is the one
+    `restore_newest` handles, and these reports would only bury its warning."""
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            previous_hook(unraisable)
+
+    never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
+    asyncio_log = logging.getLogger("asyncio")
+    sys.unraisablehook = hook
+    asyncio_log.addFilter(never_retrieved)
+    try:
+        yield
+    finally:
+        gc.collect()  # abandoned futures report now, while the filters are on
+        asyncio_log.removeFilter(never_retrieved)
+        sys.unraisablehook = previous_hook
 
 
 def _best_first(metrics: dict[str, float]) -> tuple[float, int]:

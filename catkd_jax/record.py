@@ -81,4 +81,6 @@ def write(workdir: pathlib.Path, config: ml_collections.ConfigDict, changes: dic
             for field, (old, new) in changes.items():
                 file.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S"), field=field,
                                            recorded=old, now=new)) + "\n")
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
+    path, text = workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n"
+    if not path.is_file() or path.read_text() != text:  # a resume that changes nothing writes nothing
+        path.write_text(text)

@@ -566,13 +566,25 @@ def train_and_evaluate(
     savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep,
                                            barrier_prefix=run.name if plan.multiple else "")
               for run, directory in zip(plan.runs, directories)]
+    abandon_saves = False
     try:
         return _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher,
                            teacher_variables, savers, mesh)
+    except BaseException as error:
+        # With several processes, a save in flight waits for all of them, and after an error that
+        # not all of them share, one may be gone: the caller ends this process instead.
+        abandon_saves = jax.process_count() > 1 and not isinstance(error, _STOPS_ALL_PROCESSES_SHARE)
+        raise
     finally:
-        for saver in savers:
-            saver.wait()
-            saver.close()
+        if not abandon_saves:
+            for saver in savers:
+                saver.wait()
+                saver.close()
+
+
+# Ends of a run that every process of a job reaches together (same config, agreed stop step,
+# same global loss).
+_STOPS_ALL_PROCESSES_SHARE = (interruption.Interrupted, UserError, FloatingPointError)
 
 
 def _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher, teacher_variables,

@@ -153,7 +153,7 @@ def test_fields_that_cannot_change_results_may_change(complete_run, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (dict(student__arch="resnet8x"), "resnet8x"),
     (dict(batch_size=1000), "fewer than one batch"),
-    (dict(method="kd", teacher__checkpoint="/nonexistent"), "does not exist"),
+    (dict(num_epochs=0), "num_epochs must be >= 1"),
 ])
 def test_a_start_that_fails_validation_never_touches_the_workdir(overrides, message, complete_run, tmp_path):
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
