@@ -691,7 +691,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                     wanted = wanted or periodic or is_best or stopping
                 if wanted:  # one step, saved once for every live run (best or not, all get it)
                     save(jax.device_get(state.as_dict()), epoch, global_step, saved_acc)
-                if stopping:
+                if stopping and epoch < config.num_epochs:  # after the last epoch, the run is complete
                     raise stop.interrupted(epoch, global_step)
                 if all(total["diverged_epoch"] for total in totals):
                     break

@@ -117,8 +117,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.runs.vectorize = "auto"
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_epochs = 10  # also after the last epoch; resuming starts from here
-    config.checkpoint.keep = 2  # periodic checkpoints kept, besides the best one
+    # Checkpoints (<workdir>/checkpoints/<step>) after every `every_epochs`-th epoch, the last
+    # epoch, each new best and each interruption; the newest `keep` are kept, and the best.
+    # These fields, num_epochs, eval_batch_size and probe.* may change when a run resumes.
+    config.checkpoint.every_epochs = 10
+    config.checkpoint.keep = 2
 
     # Linear probe (`--mode linear_probe --checkpoint X`, catkd_jax/probe.py): the network at X
     # is frozen, its pooled penultimate features (the vector its classifier sees) are computed

@@ -13,31 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, interruption, sharding, train
+from catkd_jax import checkpoints, interruption, train
 from conftest import REPO_ROOT
+from signalling import signal_at_step
 from test_train import read_metrics, tiny_config
 
 # tiny_config: 64 training images in batches of 16, so 4 steps an epoch.
 STEPS_PER_EPOCH = 4
-
-
-def _signal_at_step(monkeypatch, number: int, *signums: int) -> None:
-    """Sends `signums` to this process as the training loop takes the batch of its `number`-th step
-    (counted from 1 within this call), so the signal arrives while that step runs: a fixed point
-    of the run, whatever the timing."""
-    prefetch = sharding.prefetch
-    taken = [0]
-
-    def signalling_prefetch(*args, **kwargs):
-        for batch in prefetch(*args, **kwargs):
-            if "mask" not in batch:  # a training batch (evaluation batches are masked)
-                taken[0] += 1
-                if taken[0] == number:
-                    for signum in signums:
-                        os.kill(os.getpid(), signum)
-            yield batch
-
-    monkeypatch.setattr(sharding, "prefetch", signalling_prefetch)
 
 
 def _assert_same_run(resumed, uninterrupted) -> None:
@@ -61,7 +43,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
                                                                            monkeypatch):
     previous_handler = signal.getsignal(signum)
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, STEPS_PER_EPOCH + 2, signum)
+        signal_at_step(patch.setattr, STEPS_PER_EPOCH + 2, signum)
         with pytest.raises(interruption.Interrupted) as stopped:
             train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
     step = STEPS_PER_EPOCH + 2
@@ -79,7 +61,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
 
 def test_a_signal_in_the_last_step_of_an_epoch_saves_the_evaluated_epoch(uninterrupted, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, STEPS_PER_EPOCH, signal.SIGTERM)
+        signal_at_step(patch.setattr, STEPS_PER_EPOCH, signal.SIGTERM)
         with pytest.raises(interruption.Interrupted, match="at epoch 1, step 4:"):
             train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
     _, meta = checkpoints.load_variables(tmp_path)
@@ -90,7 +72,7 @@ def test_a_signal_in_the_last_step_of_an_epoch_saves_the_evaluated_epoch(uninter
 
 
 def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
-    _signal_at_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
+    signal_at_step(monkeypatch.setattr, 2, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
         train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
 
@@ -99,7 +81,7 @@ def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_pat
     config = lambda: tiny_config(num_epochs=2, runs__seeds=(0, 1))
     train.train_and_evaluate(config(), tmp_path / "uninterrupted")
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, 3, signal.SIGTERM)
+        signal_at_step(patch.setattr, 3, signal.SIGTERM)
         with pytest.raises(interruption.Interrupted, match="at epoch 1, step 3:"):
             train.train_and_evaluate(config(), tmp_path / "resumed")
     for run in ("run_0", "run_1"):
@@ -109,3 +91,47 @@ def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_pat
     _assert_same_run(tmp_path / "resumed", tmp_path / "uninterrupted")
     summary = lambda path: json.loads((path / "summary.json").read_text())
     assert summary(tmp_path / "resumed") == summary(tmp_path / "uninterrupted")
+
+
+# `python -c` program: main.py with a signal at a fixed step (see `signalling`).
+DRIVER = """
+import runpy, signal, sys
+sys.path.insert(0, {tests!r})
+from signalling import signal_at_step
+signal_at_step(setattr, {step}, signal.{signal})
+sys.argv = {argv!r}
+runpy.run_path({main!r}, run_name="__main__")
+"""
+
+
+def driver_command(main_command: list[str], step: int, signal_name: str) -> list[str]:
+    """`main_command` (`[python, main.py, flags...]`) receiving `signal_name` at training step `step`."""
+    program = DRIVER.format(tests=str(REPO_ROOT / "tests"), step=step, signal=signal_name,
+                            argv=main_command[1:], main=main_command[1])
+    return [sys.executable, "-c", program]
+
+
+def tiny_main_command(workdir) -> list[str]:
+    """main.py with `tiny_config(num_epochs=2)`'s settings as flags on configs/default.py."""
+    settings = {"method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
+                "teacher.arch": "resnet8", "data.name": "cifar10", "data.source": "synthetic",
+                "data.synthetic_train_size": 64, "data.synthetic_test_size": 40, "batch_size": 16,
+                "eval_batch_size": 16, "num_epochs": 2, "optim.lr": 0.05, "checkpoint.every_epochs": 1}
+    return [sys.executable, str(REPO_ROOT / "main.py"), "--config", str(REPO_ROOT / "configs" / "default.py"),
+            "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
+
+
+def test_the_command_line_says_where_it_stopped_and_exits_143_and_the_same_command_resumes(uninterrupted, tmp_path):
+    command = tiny_main_command(tmp_path)
+    # The compiler settings of this test process (conftest), so both runs round alike.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    stopped = subprocess.run(driver_command(command, STEPS_PER_EPOCH + 1, "SIGTERM"), env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert stopped.stderr.splitlines()[-1] == (
+        f"interrupted at epoch 2, step {STEPS_PER_EPOCH + 1}: checkpoint saved; run the same command to resume")
+    assert "Traceback" not in stopped.stderr
+    resumed = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {tmp_path} in epoch 2 after step {STEPS_PER_EPOCH + 1}" in resumed.stdout
+    _assert_same_run(tmp_path, uninterrupted)

@@ -7,8 +7,8 @@ Every subprocess runs under a hard deadline and is SIGKILLed when the test ends.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import pathlib
 import signal
 import socket
@@ -22,6 +22,7 @@ import pytest
 
 from catkd_jax import checkpoints, train
 from conftest import REPO_ROOT
+from test_interruption import driver_command
 from test_train import read_metrics, tiny_config
 
 DEADLINE = 90  # seconds for any one job
@@ -100,18 +101,17 @@ def _two_processes(job: _Job, command: list[str]) -> None:
                                         JAX_PROCESS_ID=str(process_id)))
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher, tmp_path):
-    workdir, reference = tmp_path / "two_processes", tmp_path / "one_process"
-    with _Job(tmp_path / "logs_reference") as job:
-        job.start(_main_command(reference, teacher, 3),
-                  _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
-        for epochs, logs in ((2, "logs_a"), (3, "logs_b")):  # stopped after 2 epochs, then resumed
-            with _Job(tmp_path / logs) as pair:
-                _two_processes(pair, _main_command(workdir, teacher, epochs))
-                assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
-                assert "epoch" not in pair.output(1, "out"), "only process 0 reports"
+@pytest.fixture(scope="module")
+def reference(teacher, tmp_path_factory):
+    """Three epochs in one process with two devices."""
+    workdir = tmp_path_factory.mktemp("one_process")
+    with _Job(workdir.parent / f"{workdir.name}_logs") as job:
+        job.start(_main_command(workdir, teacher, 3), _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
         assert job.wait() == [0], job.output(0)[-3000:]
-    assert "Resuming" in (tmp_path / "logs_b" / "0.out").read_text()
+    return workdir
+
+
+def _assert_same_as(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     drop_time = lambda records: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in records]
     ours, theirs = drop_time(read_metrics(workdir)), drop_time(read_metrics(reference))
     assert [r["epoch"] for r in ours] == [1, 2, 3]
@@ -122,6 +122,41 @@ def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_dev
     a, _ = checkpoints.load_variables(workdir)
     b, _ = checkpoints.load_variables(reference)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher, reference, tmp_path):
+    for epochs in (2, 3):  # stopped after 2 epochs, then resumed for the third
+        with _Job(tmp_path / f"logs_{epochs}") as pair:
+            _two_processes(pair, _main_command(tmp_path / "run", teacher, epochs))
+            assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
+            assert "epoch" not in pair.output(1, "out"), "only process 0 reports"
+    assert "Resuming" in (tmp_path / "logs_3" / "0.out").read_text()
+    _assert_same_as(tmp_path / "run", reference)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(teacher, reference, tmp_path):
+    command = _main_command(tmp_path / "run", teacher, 3)
+    with _Job(tmp_path / "logs_stopped") as pair:
+        port = _free_port()
+        for process_id in range(2):
+            env = _environment(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                               JAX_PROCESS_ID=str(process_id))
+            pair.start(driver_command(command, 2, "SIGTERM") if process_id == 0 else command, env)
+        assert pair.wait() == [143, 143], pair.output(0)[-3000:] + pair.output(1)[-3000:]
+        message = pair.output(0).strip().splitlines()[-1]
+    # JAX's preemption service picks the stop step: one that every process reaches after the
+    # notice has spread, so at or after the signal's step 2 (4 steps an epoch, 12 in all).
+    match = re.fullmatch(r"interrupted at epoch (\d+), step (\d+): checkpoint saved; run the same command to resume",
+                         message)
+    assert match, message
+    epoch, step = int(match[1]), int(match[2])
+    assert 2 <= step < 12 and epoch == (step - 1) // 4 + 1, message
+    _, meta = checkpoints.load_variables(tmp_path / "run")
+    assert meta["step"] == step
+    with _Job(tmp_path / "logs_resumed") as pair:
+        _two_processes(pair, command)
+        assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
+    _assert_same_as(tmp_path / "run", reference)
 
 
 def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher, tmp_path):
