@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import sys
 import tarfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from catkd_jax import runs, train  # noqa: E402  pylint: disable=wrong-import-position
-from configs import default  # noqa: E402
+from catkd_jax import default_config as default, runs, train
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

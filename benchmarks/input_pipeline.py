@@ -13,14 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from catkd_jax import input_pipeline  # noqa: E402  pylint: disable=wrong-import-position
-from configs import default  # noqa: E402
+from catkd_jax import default_config as default, input_pipeline
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402  pylint: disable=wrong-import-position
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from catkd_jax import methods, runs, sharding, train  # noqa: E402
-from catkd_jax.models import create_model  # noqa: E402
-from configs import default  # noqa: E402
+from catkd_jax import default_config as default, methods, runs, sharding, train
+from catkd_jax.models import create_model
 
 
 def _time(fn, steps: int) -> float:

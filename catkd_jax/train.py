@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, input_pipeline, interruption, methods, record, runs, sharding
+from catkd_jax import checkpoints, config_files, input_pipeline, interruption, methods, record, runs, sharding
 from catkd_jax.console import UserError, report
 from catkd_jax.models import canonical_name, create_model, folding
 
@@ -353,19 +352,6 @@ def _evaluate_runs(eval_step, variables, sources, mesh) -> list[dict[str, Any]]:
 # --- Teacher -------------------------------------------------------------------------------
 
 
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of a Python config file; relative paths may be from the repository root."""
-    path = pathlib.Path(path)
-    if not path.is_file() and not path.is_absolute():
-        path = pathlib.Path(__file__).resolve().parents[1] / path
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def _has_checkpoint(path: str) -> bool:
     return bool(path) and pathlib.Path(path).exists()
 
@@ -383,7 +369,7 @@ def prepare_teacher(config: ml_collections.ConfigDict, workdir: str, num_classes
                 "checkpoint, converted model or .pth, or set config.teacher.train_if_missing=True"
             )
         path = os.path.join(workdir, "teacher")
-        teacher_config = load_config_file(config.teacher.config)
+        teacher_config = config_files.load_config(config.teacher.config)
         teacher_config.student.arch = config.teacher.arch
         teacher_config.data = config.data  # the teacher must learn the same classes
         if config.teacher.num_epochs:

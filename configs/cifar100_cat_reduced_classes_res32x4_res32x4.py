@@ -1,10 +1,8 @@
 """CIFAR-100 CAT only, 99 training classes, resnet32x4 -> resnet32x4 (reduced-data study)."""
 
-import os
-import sys
+from catkd_jax import config_files
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import cifar100_cat_res32x4_res32x4 as cat_only  # noqa: E402  pylint: disable=wrong-import-position
+cat_only = config_files.sibling(__file__, "cifar100_cat_res32x4_res32x4")
 
 
 def get_config():

@@ -1,10 +1,6 @@
 """CIFAR-100 CAT-KD, resnet32x4 -> resnet8x4 (paper Tables 1-2, CAT-KD row)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from catkd_jax import default_config as default
 
 
 def get_config():

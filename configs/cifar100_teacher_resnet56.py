@@ -1,10 +1,6 @@
 """CIFAR-100 teacher resnet56, trained alone (a teacher of the paper's CIFAR-100 tables)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from catkd_jax import default_config as default
 
 
 def get_config():

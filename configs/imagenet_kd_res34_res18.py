@@ -1,10 +1,8 @@
 """ImageNet Hinton KD baseline, ResNet34 -> ResNet18 (a comparison row of the paper's Table 3)."""
 
-import os
-import sys
+from catkd_jax import config_files
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import imagenet_res34_res18  # noqa: E402  pylint: disable=wrong-import-position
+imagenet_res34_res18 = config_files.sibling(__file__, "imagenet_res34_res18")
 
 
 def get_config():

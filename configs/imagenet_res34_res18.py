@@ -8,11 +8,7 @@ The teacher is torchvision's published `resnet34-b627a593.pth` (73.3% top-1), im
 fly (or once with `python -m catkd_jax.convert --arch imagenet_resnet34 ...`).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from catkd_jax import default_config as default
 
 
 def imagenet_recipe(config):

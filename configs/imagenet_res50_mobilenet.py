@@ -8,12 +8,10 @@ The teacher is torchvision's published V1 weights `resnet50-0676ba61.pth` (76.1%
 teacher of the original experiments.
 """
 
-import os
-import sys
+from catkd_jax import config_files
+from catkd_jax import default_config as default
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
-from configs.imagenet_res34_res18 import imagenet_recipe  # noqa: E402  pylint: disable=wrong-import-position
+imagenet_recipe = config_files.sibling(__file__, "imagenet_res34_res18").imagenet_recipe
 
 
 def get_config():

@@ -4,12 +4,10 @@ The ImageNet distillation configs use torchvision's published resnet34 instead; 
 their `teacher.config`, trained only with `--config.teacher.train_if_missing=True`.
 """
 
-import os
-import sys
+from catkd_jax import config_files
+from catkd_jax import default_config as default
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
-from configs.imagenet_res34_res18 import imagenet_recipe  # noqa: E402  pylint: disable=wrong-import-position
+imagenet_recipe = config_files.sibling(__file__, "imagenet_res34_res18").imagenet_recipe
 
 
 def get_config():

@@ -3,11 +3,9 @@
 The same recipe as `imagenet_teacher_resnet34.py`; see there.
 """
 
-import os
-import sys
+from catkd_jax import config_files
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import imagenet_teacher_resnet34  # noqa: E402  pylint: disable=wrong-import-position
+imagenet_teacher_resnet34 = config_files.sibling(__file__, "imagenet_teacher_resnet34")
 
 
 def get_config():

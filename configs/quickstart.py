@@ -4,11 +4,7 @@ Trains a teacher, a vanilla student and a CAT-KD student, then compares accuracy
 each one's class activation maps find the object. `python main.py --config configs/quickstart.py`
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from catkd_jax import default_config as default
 
 
 def get_config():

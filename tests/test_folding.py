@@ -9,7 +9,7 @@ import pytest
 
 from catkd_jax import train
 from catkd_jax.models import create_model, folding
-from configs import default
+from catkd_jax import default_config as default
 
 IMAGE_SHAPE = (32, 32, 3)
 

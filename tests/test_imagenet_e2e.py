@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import convert, train
+from catkd_jax import config_files, convert, train
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT
 from test_input_pipeline import _write_imagenet_folder
@@ -24,7 +24,7 @@ from test_train import read_metrics
 def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_terms, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     _write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
-    config = train.load_config_file(REPO_ROOT / "configs" / config_file)
+    config = config_files.load_config(REPO_ROOT / "configs" / config_file)
     teacher = create_model(config.teacher.arch, num_classes=8)
     variables = train.initialize(teacher, jax.random.key(0), (64, 64, 3))
     teacher_pth = tmp_path / "teacher.pth"  # a bare state dict, as torchvision publishes them

@@ -94,9 +94,9 @@ def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_pat
 
 
 # `python -c` program: main.py with a signal at a fixed step (see `signalling`).
+TESTS_ON_PATH = {"PYTHONPATH": str(REPO_ROOT / "tests")}
 DRIVER = """
 import runpy, signal, sys
-sys.path.insert(0, {tests!r})
 from signalling import signal_at_step
 signal_at_step(setattr, {step}, signal.{signal})
 sys.argv = {argv!r}
@@ -105,8 +105,9 @@ runpy.run_path({main!r}, run_name="__main__")
 
 
 def driver_command(main_command: list[str], step: int, signal_name: str) -> list[str]:
-    """`main_command` (`[python, main.py, flags...]`) receiving `signal_name` at training step `step`."""
-    program = DRIVER.format(tests=str(REPO_ROOT / "tests"), step=step, signal=signal_name,
+    """`main_command` (`[python, main.py, flags...]`) receiving `signal_name` at training step `step`;
+    it imports `signalling` from the tests directory (`PYTHONPATH`, see `TESTS_ON_PATH`)."""
+    program = DRIVER.format(step=step, signal=signal_name,
                             argv=main_command[1:], main=main_command[1])
     return [sys.executable, "-c", program]
 
@@ -124,7 +125,7 @@ def tiny_main_command(workdir) -> list[str]:
 def test_the_command_line_says_where_it_stopped_and_exits_143_and_the_same_command_resumes(uninterrupted, tmp_path):
     command = tiny_main_command(tmp_path)
     # The compiler settings of this test process (conftest), so both runs round alike.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH)
     stopped = subprocess.run(driver_command(command, STEPS_PER_EPOCH + 1, "SIGTERM"), env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 143, stopped.stderr[-3000:]

@@ -22,7 +22,7 @@ import pytest
 
 from catkd_jax import checkpoints, train
 from conftest import REPO_ROOT
-from test_interruption import driver_command
+from test_interruption import TESTS_ON_PATH, driver_command
 from test_train import read_metrics, tiny_config
 
 DEADLINE = 90  # seconds for any one job
@@ -49,7 +49,7 @@ def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> 
 
 def _environment(**variables: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
-    return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **variables)
+    return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH, **variables)
 
 
 def _free_port() -> int:

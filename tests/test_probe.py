@@ -18,7 +18,7 @@ from catkd_jax import input_pipeline, probe, train
 from catkd_jax.models import create_model
 from catkd_jax.models.layers import global_avg_pool
 from conftest import REPO_ROOT
-from configs import default
+from catkd_jax import default_config as default
 from test_train import tiny_config
 
 PROBE_LINE = re.compile(r"^linear probe top1 (\d+\.\d\d) \((\d+) test images, (\d+) features\)$", re.M)
@@ -215,7 +215,6 @@ _CLI_SCRIPT = textwrap.dedent(
     import sys
     sys.argv = ["main.py", "--config", {config!r}, "--workdir", {workdir!r}, "--mode", "linear_probe",
                 "--checkpoint", {checkpoint!r}, "--config.eval_batch_size=16", *{flags!r}]
-    sys.path.insert(0, {root!r})
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     import runpy
@@ -246,7 +245,7 @@ def test_probe_of_a_trained_student_end_to_end_and_through_main(tmp_path, capsys
              if name != "probe__decay_epochs"] + ["--config.probe.decay_epochs=(1,2)"]
     script = _CLI_SCRIPT.format(
         config=str(REPO_ROOT / "configs" / "default.py"), workdir=str(tmp_path / "cli"),
-        checkpoint=str(student_dir), flags=flags, root=str(REPO_ROOT), main=str(REPO_ROOT / "main.py"))
+        checkpoint=str(student_dir), flags=flags, main=str(REPO_ROOT / "main.py"))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from catkd_jax import quickstart, train
+from catkd_jax import config_files, quickstart, train
 from conftest import REPO_ROOT
 
 
 def shapes_config(**changes):
-    config = train.load_config_file(REPO_ROOT / "configs" / "quickstart.py")
+    config = config_files.load_config(REPO_ROOT / "configs" / "quickstart.py")
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = config

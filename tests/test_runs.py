@@ -198,7 +198,6 @@ _CLI_SCRIPT = textwrap.dedent(
                 "--config.data.source=synthetic", "--config.data.name=cifar10", "--config.data.synthetic_train_size=32",
                 "--config.data.synthetic_test_size=16", "--config.batch_size=16", "--config.eval_batch_size=16",
                 "--config.num_epochs=1"]
-    sys.path.insert(0, {root!r})
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == 2, jax.devices()
@@ -215,7 +214,7 @@ def test_command_line_seeds_on_two_devices_match_one_device(tmp_path):
         workdir = tmp_path / f"devices{devices}"
         script = _CLI_SCRIPT.replace("device_count() == 2", f"device_count() == {devices}").format(
             config=str(REPO_ROOT / "configs" / "cifar100_res32x4_res8x4.py"), workdir=str(workdir),
-            root=str(REPO_ROOT), main=str(REPO_ROOT / "main.py"))
+            main=str(REPO_ROOT / "main.py"))
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
         completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr[-3000:]

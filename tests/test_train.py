@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from catkd_jax import checkpoints, convert, train
-from configs import default
+from catkd_jax import default_config as default
 from conftest import REPO_ROOT
 
 
@@ -203,9 +203,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
-    import json, sys
     import jax
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from test_train import tiny_config
     from catkd_jax import train
     jax.config.update("jax_disable_most_optimizations", True)
@@ -222,9 +220,10 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
     records = {}
     for devices in (1, 4):
         workdir = tmp_path / f"devices{devices}"
-        script = _MULTI_DEVICE_SCRIPT.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), devices=devices,
+        script = _MULTI_DEVICE_SCRIPT.format(devices=devices,
                                              teacher=str(teacher_dir), workdir=str(workdir))
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+                   PYTHONPATH=str(REPO_ROOT / "tests"))  # for test_train
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
         records[devices] = read_metrics(workdir)[0]
     for key in ("train_loss", "train_loss_ce", "train_loss_cat", "test_loss", "test_acc"):

@@ -1,0 +1,123 @@
+"""catkd-jax command line: train, evaluate, visualise, linear-probe.
+
+    catkd-jax --config configs/cifar100_res32x4_res8x4.py [--config.a.b=value ...]
+    catkd-jax --config configs/cifar100_res32x4_res8x4.py --mode eval --checkpoint runs/X
+    catkd-jax --config configs/cifar100_res32x4_res8x4.py --mode linear_probe --checkpoint runs/X
+
+(`python main.py ...` in the repository is the same.) All logic lives in `catkd_jax`; this
+module only parses flags, joins a multi-process job and turns errors into exit codes.
+"""
+
+import os
+import pathlib
+import sys
+import traceback
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from catkd_jax import interruption, probe, quickstart, sharding, train, visualize
+from catkd_jax.console import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "visualize", "linear_probe"],
+    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams.png); linear_probe "
+    "(a linear classifier on the frozen network's features of config.probe.data, "
+    "writes <workdir>/linear_probe.json).",
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "For eval, visualize and linear_probe: a workdir, checkpoint or model directory, or a .pth."
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [],
+    "Training: fields (e.g. optim.lr) that may differ from the workdir's config.json when resuming; "
+    "each change is logged in <workdir>/config_changes.jsonl.",
+)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # the libraries' INFO logs drown the progress lines
+    try:
+        _dispatch()
+    except UserError as error:
+        _exit_with(f"error: {error}", 1)
+    except interruption.Interrupted as error:
+        _exit_with(str(error), error.exit_code)
+    except KeyboardInterrupt as error:  # a second Ctrl-C: no checkpoint of this moment
+        _exit_with(f"{error or 'interrupted'}; the last checkpoint is kept, run the same command to resume", 130,
+                   at_once=True)
+    except Exception as error:  # pylint: disable=broad-except
+        if jax.process_count() == 1:
+            raise
+        _leave_job(error)
+
+
+# What XLA's and JAX's errors say when a collective loses a process of the job.
+_LOST_PROCESS_SIGNS = ("Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer",
+                       "coordination service", "heartbeat")
+
+
+def _leave_job(error: Exception) -> None:
+    """Ends this process of a multi-process job at once after an unexpected error.
+
+    Every process reports (process 0 may be the one that died). The exit skips jax.distributed's
+    orderly shutdown, which waits for every process of the job, a lost one included, until its
+    heartbeat times out (100 s), and then aborts.
+    """
+    if any(sign in str(error) for sign in _LOST_PROCESS_SIGNS):
+        first_line = str(error).strip().splitlines()[0]
+        print(f"error: process {jax.process_index()} of {jax.process_count()}: an operation across the "
+              f"job's processes failed, most likely because another process stopped ({first_line}). "
+              "Run the same command on every host to resume from the last checkpoint", file=sys.stderr)
+    else:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _exit_with(message: str, code: int, at_once: bool = False) -> None:
+    """Prints `message` (process 0) and exits; `at_once` skips the wait for the job's other
+    processes (see `_leave_job`), for an end they may not share."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+    if at_once and jax.process_count() > 1:
+        sys.stdout.flush()
+        os._exit(code)  # pylint: disable=protected-access
+    sys.exit(code)
+
+
+def _dispatch() -> None:
+    sharding.start_processes()
+    logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), jax.devices()[0].platform)
+    config = _CONFIG.value
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
+    if _MODE.value in ("eval", "visualize", "linear_probe") and not _CHECKPOINT.value:
+        raise app.UsageError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
+    if _MODE.value == "eval":
+        train.evaluate(config, _CHECKPOINT.value)
+    elif _MODE.value == "visualize":
+        visualize.visualize(config, _CHECKPOINT.value, workdir)
+    elif _MODE.value == "linear_probe":
+        probe.run(config, _CHECKPOINT.value, workdir)
+    elif config.pipeline == "quickstart":
+        quickstart.run(config, workdir)
+    elif config.pipeline == "single":
+        train.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
+    else:
+        raise app.UsageError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
+
+
+def run() -> None:
+    """The `catkd-jax` console script."""
+    app.run(main)

@@ -1,0 +1,40 @@
+"""Config files: Python files with a `get_config()`, read by path (they are not a package).
+
+An experiment file builds on `catkd_jax.default_config` or on another config file beside it
+(`sibling(__file__, "cifar100_cat_res32x4_res32x4")`), so config files work from any
+directory, the repository's or a copy, installed package or not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import types
+
+import ml_collections
+
+
+def load_module(path: str | os.PathLike) -> types.ModuleType:
+    """The Python file at `path`, executed as a module named after its stem."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sibling(file: str | os.PathLike, name: str) -> types.ModuleType:
+    """The config file `name` (without .py) in the directory of `file` (a config's `__file__`)."""
+    return load_module(pathlib.Path(file).resolve().with_name(f"{name}.py"))
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file at `path`; a relative path not found from the working
+    directory is tried from the repository root (a config's `teacher.config`, "configs/...")."""
+    path = pathlib.Path(path)
+    if not path.is_file() and not path.is_absolute():
+        path = pathlib.Path(__file__).resolve().parents[1] / path
+    return load_module(path).get_config()
