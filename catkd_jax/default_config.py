@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The original CAT-KD students are CAM-head networks whose logits are pooled CAMs, with no
     # classifier bias; vanilla, KD and DKD students keep the usual biased linear classifier.
     config.student.classifier_bias = False
+    # '' (from config.seed) or weights to start from: a workdir or checkpoint directory of this
+    # project, a model directory of `python -m catkd_jax.convert`, or a PyTorch .pth of student.arch.
+    config.student.init_checkpoint = ""
 
     config.teacher = ml_collections.ConfigDict()
     config.teacher.arch = "resnet32x4"

@@ -121,6 +121,19 @@ class TrainState:
         return dict(step=self.step, params=self.params, batch_stats=self.batch_stats, opt_state=self.opt_state)
 
 
+def create_train_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh `TrainState` (step 0) of a network's `{"params", "batch_stats"}` for optimiser `tx`.
+
+    `variables` come from `initialize` (a seed) or from saved weights (`checkpoints.load_variables`).
+    """
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
 # --- Steps ---------------------------------------------------------------------------------
 
 
@@ -432,21 +445,41 @@ def initial_states(
     run_configs: Sequence[ml_collections.ConfigDict],
     image_shape: tuple[int, ...],
     steps_per_epoch: int,
+    weights: Variables | None = None,
 ) -> TrainState:
     """Every run's fresh state on the host, stacked on a leading run axis.
 
-    Each run's parameters come from its own seed, exactly as a single run's would.
+    Each run's parameters come from its own seed, exactly as a single run's would, or all of
+    them from `weights` (`initial_weights`) when given.
     """
     states = []
     for run, run_config in zip(plan.runs, run_configs):
-        variables = initialize(student, jax.random.fold_in(jax.random.key(run.seed), 0), image_shape)
-        states.append(TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=create_optimizer(run_config, steps_per_epoch).init(variables["params"]),
-        ).as_dict())
+        variables = weights
+        if variables is None:
+            variables = initialize(student, jax.random.fold_in(jax.random.key(run.seed), 0), image_shape)
+        states.append(create_train_state(variables, create_optimizer(run_config, steps_per_epoch)).as_dict())
     return TrainState(**_stack(jax.device_get(states)))
+
+
+def initial_weights(
+    config: ml_collections.ConfigDict, student: flax.linen.Module, image_shape: tuple[int, ...]
+) -> Variables | None:
+    """The student's starting `{"params", "batch_stats"}` from `student.init_checkpoint` (None: none
+    named), refused unless they have exactly the student's names and shapes."""
+    path = config.student.init_checkpoint
+    if not path:
+        return None
+    expected = jax.eval_shape(lambda key: initialize(student, key, image_shape), jax.random.key(0))
+    variables, _ = checkpoints.load_variables(path, arch=config.student.arch,
+                                              num_classes=expected["params"]["classifier"]["kernel"].shape[-1])
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    if jax.tree_util.tree_map(np.shape, variables) != jax.tree_util.tree_map(np.shape, expected):
+        raise UserError(
+            f"config.student.init_checkpoint={path!r} does not fit the student {config.student.arch} "
+            f"(classifier_bias={config.student.classifier_bias}): its variables differ in names or shapes; "
+            "point to weights of this architecture, or match student.classifier_bias to them"
+        )
+    return jax.tree_util.tree_map(jnp.asarray, variables)
 
 
 @dataclasses.dataclass
@@ -527,6 +560,7 @@ def train_and_evaluate(
     dtype = activation_dtype(config)
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
+    weights = initial_weights(config, student, source.image_shape)
     resuming = any(_has_checkpoint_steps(directory) for directory in directories)
     changes = record.check_resume(workdir, config, allow_changes) if resuming else {}
     teacher_variables = prepare_teacher(config, str(workdir), source.num_classes)
@@ -554,7 +588,7 @@ def train_and_evaluate(
               for run, directory in zip(plan.runs, directories)]
     abandon_saves = False
     try:
-        return _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher,
+        return _train_runs(config, workdir, plan, directories, run_configs, sources, student, weights, teacher,
                            teacher_variables, savers, mesh)
     except BaseException as error:
         # With several processes, a save in flight waits for all of them, and after an error that
@@ -573,12 +607,12 @@ def train_and_evaluate(
 _STOPS_ALL_PROCESSES_SHARE = (interruption.Interrupted, UserError, FloatingPointError)
 
 
-def _train_runs(config, workdir, plan, directories, run_configs, sources, student, teacher, teacher_variables,
-                savers, mesh) -> dict[str, Any]:
+def _train_runs(config, workdir, plan, directories, run_configs, sources, student, weights, teacher,
+                teacher_variables, savers, mesh) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is set up: restore, train every epoch, summarise."""
     source = sources[0]
     steps_per_epoch = source.steps_per_epoch
-    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch)
+    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights)
     state, metas = _restore(savers, state, directories)
     totals = [dict(best_acc=-1.0, best_epoch=0, final_acc=float("nan"), diverged_epoch=0) for _ in plan.runs]
     progress = _Progress()

@@ -228,3 +228,33 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
         records[devices] = read_metrics(workdir)[0]
     for key in ("train_loss", "train_loss_ce", "train_loss_cat", "test_loss", "test_acc"):
         assert records[4][key] == pytest.approx(records[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tmp_path):
+    config = tiny_config(student__init_checkpoint=str(teacher_dir))  # a resnet8 with a biased classifier
+    plan = train.runs.plan_runs(config)
+    student = train.create_model("resnet8", 10, jnp.float32, True)
+    state = train.initial_states(student, plan, [config], (32, 32, 3), steps_per_epoch=4,
+                                 weights=train.initial_weights(config, student, (32, 32, 3)))
+    saved, _ = checkpoints.load_variables(teacher_dir)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[0], b), state.params, saved["params"])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[0], b), state.batch_stats, saved["batch_stats"])
+    assert int(state.step[0]) == 0
+    fresh = train.initial_states(student, plan, [tiny_config()], (32, 32, 3), steps_per_epoch=4)
+    assert not np.array_equal(fresh.params["classifier"]["kernel"], state.params["classifier"]["kernel"])
+
+    summary = train.train_and_evaluate(config, tmp_path)  # trains on from there
+    assert summary["best_test_acc"] >= 0 and read_metrics(tmp_path)[0]["epoch"] == 1
+
+
+def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, tmp_path):
+    from catkd_jax.console import UserError
+
+    with pytest.raises(UserError, match=r"does not fit the student resnet8 \(classifier_bias=False\).*match "
+                                        r"student.classifier_bias"):
+        train.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir),
+                                             student__classifier_bias=False), tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="arch 'resnet8' but the config asks for 'resnet20'"):
+        train.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir), student__arch="resnet20"),
+                                 tmp_path / "b")
