@@ -579,7 +579,6 @@ def train_and_evaluate(
             directory.mkdir(exist_ok=True)
             if plan.multiple:
                 (directory / record.CONFIG_FILE).write_text(run_config.to_json_best_effort(indent=2) + "\n")
-    steps_per_epoch = source.steps_per_epoch
     if config.optim.lr_batch_size and config.batch_size != config.optim.lr_batch_size:
         report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
                 f"scaled linearly to {base_learning_rate(config):g} for the batch of {config.batch_size}.")
