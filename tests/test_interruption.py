@@ -78,7 +78,7 @@ def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
 
 
 def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_path, monkeypatch):
-    config = lambda: tiny_config(num_epochs=2, runs__seeds=(0, 1))
+    config = lambda: tiny_config(num_epochs=1, runs__seeds=(0, 1))
     train.train_and_evaluate(config(), tmp_path / "uninterrupted")
     with monkeypatch.context() as patch:
         signal_at_step(patch.setattr, 3, signal.SIGTERM)
