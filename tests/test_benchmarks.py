@@ -17,10 +17,16 @@ def _script(name: str):
 
 def test_throughput_reports_the_documented_keys():
     script = _script("throughput")
-    args = script.parse_args(["--teacher=resnet8", "--student=resnet8", "--batch-size=8", "--steps=1", "--warmup=0"])
+    args = script.parse_args(["--teacher=resnet8", "--student=resnet8", "--batch-size=8", "--steps=3", "--warmup=1"])
     result = script.run(args)
     for key in ("train_images_per_sec", "eval_images_per_sec", "compile_seconds", "peak_host_memory_mib"):
         assert result[key] > 0, key
+    # Consistent figures: an eval step (the student's forward pass) is faster than a train step
+    # (the teacher's forward pass, the student's forward and backward passes, the update), and
+    # compiling the train step takes longer than running it once.
+    assert result["eval_images_per_sec"] > result["train_images_per_sec"]
+    assert result["compile_seconds"] > args.batch_size / result["train_images_per_sec"]
+    assert result["peak_host_memory_mib"] > 100  # JAX alone takes more
 
 
 def test_input_pipeline_benchmark_counts_images():
