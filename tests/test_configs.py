@@ -1,6 +1,6 @@
 """Experiment configs: each loads like `main.py` loads it, only overrides fields of
-`configs/default.py`, names real architectures and teacher configs, and the CAT-KD pairs carry
-the original settings (shared/reference/original_settings.md, copied into `_PAIRS` below)."""
+`catkd_jax/default_config.py`, names real architectures and teacher configs, and the CAT-KD pairs carry
+the original settings (read from shared/reference/original_settings.md)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from catkd_jax.models import canonical_name
+from conftest import shared_path
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
 METHODS = ("vanilla", "cat_kd", "kd", "dkd")
 DISTILLATION = ("cat_kd", "kd", "dkd")
-
-# The CAT-KD pair table of original_settings.md: file stem -> (teacher, student, lr, beta, r,
-# normalize).
-_PAIRS = {
-    "cifar100_res32x4_res8x4": ("resnet32x4", "resnet8x4", 0.05, 15.0, 2, False),
-    "cifar100_res110_res32": ("resnet110", "resnet32", 0.05, 1.8, 2, False),
-    "cifar100_res56_res20": ("resnet56", "resnet20", 0.05, 0.7, 2, False),
-    "cifar100_wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2", 0.05, 12.0, 2, False),
-    "cifar100_wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1", 0.05, 1.5, 2, False),
-    "cifar100_vgg13_vgg8": ("vgg13", "vgg8", 0.05, 4.5, 2, False),
-    "cifar100_res32x4_shuv1": ("resnet32x4", "ShuffleV1", 0.01, 600.0, 4, True),
-    "cifar100_res32x4_shuv2": ("resnet32x4", "ShuffleV2", 0.01, 600.0, 4, True),
-    "cifar100_wrn40_2_shuv1": ("wrn_40_2", "ShuffleV1", 0.01, 80.0, 4, True),
-    "cifar100_res50_mv2": ("ResNet50", "MobileNetV2", 0.01, 40.0, 2, True),
-    "cifar100_vgg13_mv2": ("vgg13", "MobileNetV2", 0.01, 15.0, 2, True),
-}
-
 
 def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
     """Loads a config file by path, as `config_flags.DEFINE_config_file` does."""
@@ -64,12 +48,6 @@ def _ids(paths):
     return [p.stem for p in paths]
 
 
-def test_all_expected_files_exist():
-    stems = {p.stem for p in CONFIG_FILES}
-    missing = set(_PAIRS) - stems
-    assert not missing, f"missing CAT-KD pair configs: {sorted(missing)}"
-
-
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))
 def test_config_only_overrides_default_fields(path, default_keys):
     keys = _flat_keys(_load(path).to_dict())
@@ -95,25 +73,41 @@ def test_config_names_are_valid(path):
     assert teacher.student.classifier_bias  # published teachers: biased linear classifier
 
 
-@pytest.mark.parametrize("stem", sorted(_PAIRS))
-def test_cat_kd_pairs_match_original_settings(stem):
-    teacher, student, lr, beta, resolution, normalize = _PAIRS[stem]
-    config = _load(CONFIG_DIR / f"{stem}.py")
-    assert config.method == "cat_kd"
-    assert config.teacher.arch == teacher
-    assert config.student.arch == student
-    assert config.optim.lr == pytest.approx(lr)
-    assert config.cat_kd.beta == pytest.approx(beta)
-    assert config.cat_kd.resolution == resolution
-    assert config.cat_kd.normalize is normalize
-    assert config.cat_kd.ce_weight == 1.0
-    assert config.student.classifier_bias is False  # CAM-head students
-    assert config.teacher.checkpoint == ""
-    assert config.teacher.config == f"configs/cifar100_teacher_{teacher}.py"
-    # The shared recipe of the table.
-    assert config.num_epochs == 240 and config.batch_size == 64
-    assert tuple(config.optim.decay_epochs) == (150, 180, 210)
-    assert config.optim.weight_decay == pytest.approx(5e-4)
+def _original_pairs() -> list[tuple[str, str, float, float, int, bool]]:
+    """The CAT-KD pair table of original_settings.md: (teacher, student, lr, beta, r, normalize)."""
+    text = shared_path("reference/original_settings.md").read_text()
+    table = text.split("| teacher | student | lr | β | r | normalize |")[1].split("\n\n")[0]
+    pairs = []
+    for line in table.strip().splitlines()[1:]:  # after the |---| row
+        teacher, student, lr, beta, resolution, normalize = (cell.strip() for cell in line.strip("|").split("|"))
+        pairs.append((teacher, student, float(lr), float(beta), int(resolution), {"yes": True, "no": False}[normalize]))
+    return pairs
+
+
+def test_cat_kd_pairs_match_original_settings():
+    pairs = _original_pairs()
+    assert len(pairs) == 11, "the table of original_settings.md was not read whole"
+    # default.py holds every field's default (itself resnet32x4 -> resnet8x4), not an experiment.
+    configs = {path.stem: _load(path) for path in CONFIG_FILES if path.stem != "default"}
+    for teacher, student, lr, beta, resolution, normalize in pairs:
+        # The pair's CAT-KD config (not a CAT-only study: those have CE weight 0).
+        stems = [stem for stem, config in configs.items()
+                 if config.method == "cat_kd" and config.cat_kd.ce_weight == 1.0
+                 and (config.teacher.arch, config.student.arch) == (teacher, student)]
+        assert len(stems) == 1, f"{teacher} -> {student}: CAT-KD configs {stems}, expected exactly one"
+        config = configs[stems[0]]
+        assert config.optim.lr == pytest.approx(lr), stems
+        assert config.cat_kd.beta == pytest.approx(beta), stems
+        assert config.cat_kd.resolution == resolution, stems
+        assert config.cat_kd.normalize is normalize, stems
+        assert config.student.classifier_bias is False  # CAM-head students
+        assert config.teacher.checkpoint == ""
+        assert config.teacher.config == f"configs/cifar100_teacher_{teacher}.py"
+        # The shared recipe of the table.
+        assert config.num_epochs == 240 and config.batch_size == 64
+        assert tuple(config.optim.decay_epochs) == (150, 180, 210)
+        assert config.optim.weight_decay == pytest.approx(5e-4)
+        assert config.optim.momentum == pytest.approx(0.9)
 
 
 # ml_collections loads config files with the deprecated `SourceFileLoader.load_module`.
