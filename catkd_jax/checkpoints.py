@@ -88,6 +88,12 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return variables, info
 
 
+def has_training_checkpoints(workdir: str | os.PathLike) -> bool:
+    """Whether `workdir` holds training checkpoint steps (so that a run there resumes)."""
+    steps = pathlib.Path(workdir) / "checkpoints"
+    return steps.is_dir() and any(child.name.isdigit() for child in steps.iterdir())
+
+
 class TrainCheckpoints:
     """The training checkpoints of one workdir: `WORKDIR/checkpoints/<step>/{state,meta}`.
 

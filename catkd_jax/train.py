@@ -521,11 +521,6 @@ def _resumed_progress(metas: list[dict[str, Any]], steps_per_epoch: int) -> _Pro
     return _Progress(epoch=meta["epoch"], epoch_step=meta["epoch_step"], epoch_sums=sums)
 
 
-def _has_checkpoint_steps(directory: pathlib.Path) -> bool:
-    steps = directory / "checkpoints"
-    return steps.is_dir() and any(child.name.isdigit() for child in steps.iterdir())
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, allow_changes: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -561,7 +556,7 @@ def train_and_evaluate(
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
     weights = initial_weights(config, student, source.image_shape)
-    resuming = any(_has_checkpoint_steps(directory) for directory in directories)
+    resuming = any(checkpoints.has_training_checkpoints(directory) for directory in directories)
     changes = record.check_resume(workdir, config, allow_changes) if resuming else {}
     teacher_variables = prepare_teacher(config, str(workdir), source.num_classes)
     teacher = None

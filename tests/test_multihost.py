@@ -23,7 +23,7 @@ import pytest
 from catkd_jax import checkpoints, train
 from conftest import REPO_ROOT
 from test_interruption import TESTS_ON_PATH, driver_command
-from test_train import read_metrics, tiny_config
+from test_train import timeless_metrics, tiny_config
 
 DEADLINE = 90  # seconds for any one job
 
@@ -112,8 +112,7 @@ def reference(teacher, tmp_path_factory):
 
 
 def _assert_same_as(workdir: pathlib.Path, reference: pathlib.Path) -> None:
-    drop_time = lambda records: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in records]
-    ours, theirs = drop_time(read_metrics(workdir)), drop_time(read_metrics(reference))
+    ours, theirs = timeless_metrics(workdir), timeless_metrics(reference)
     assert [r["epoch"] for r in ours] == [1, 2, 3]
     for a, b in zip(ours, theirs, strict=True):
         assert a.keys() == b.keys()

@@ -16,7 +16,7 @@ import pytest
 
 from catkd_jax import checkpoints, record, train
 from catkd_jax.console import UserError
-from test_train import read_metrics, tiny_config
+from test_train import read_metrics, timeless_metrics, tiny_config
 
 STEPS_PER_EPOCH = 4  # tiny_config: 64 training images, batches of 16
 
@@ -52,8 +52,7 @@ def _assert_finishes_like(workdir: pathlib.Path, complete_run: pathlib.Path) -> 
     a, _ = checkpoints.load_variables(complete_run)
     b, _ = checkpoints.load_variables(workdir)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-    drop_time = lambda records: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in records]
-    assert drop_time(read_metrics(workdir)) == drop_time(read_metrics(complete_run))
+    assert timeless_metrics(workdir) == timeless_metrics(complete_run)
     assert not [p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
 
 

@@ -49,6 +49,11 @@ def read_metrics(workdir) -> list[dict]:
     return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def timeless_metrics(workdir) -> list[dict]:
+    """`read_metrics` without the one field that differs between identical runs: epoch seconds."""
+    return [{key: value for key, value in record.items() if key != "epoch_seconds"} for record in read_metrics(workdir)]
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
