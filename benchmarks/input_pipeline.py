@@ -15,7 +15,8 @@ import contextlib
 import json
 import time
 
-from catkd_jax import default_config as default, input_pipeline
+from catkd_jax import default_config as default
+from catkd_jax.data import create_source
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> dict:
         mock = tfds.testing.mock_data(num_examples=args.size)
     with mock:
         started = time.perf_counter()
-        source = input_pipeline.create_source(config)
+        source = create_source(config)
         load_seconds = time.perf_counter() - started
     images = 0
     started = time.perf_counter()

@@ -92,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     # 'cifar100', 'cifar10' or 'imagenet2012': class count, normalisation, recipe. ImageNet is
     # streamed from TFDS records or folders (train/<wnid>/, val/<wnid>/), never held in memory;
-    # TFDS needs a manual download and `tfds build` (see catkd_jax/input_pipeline.py).
+    # TFDS needs a manual download and `tfds build` (see catkd_jax/data/imagenet.py).
     config.data.name = "cifar100"
     # 'tfds', 'folder' (class sub-folders of images), 'synthetic' (learnable random data) or
     # 'shapes' (generated objects of 5 classes with their boxes; ignores data.name).
@@ -134,7 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.probe = ml_collections.ConfigDict()
     # The probe data set, in config.data's fields (create_source reads it in place of config.data;
     # a field not named here is config.data's). STL-10 (the default): TFDS 'stl10', 5,000 train
-    # and 8,000 test 96x96 images of 10 classes (needs an 'stl10' entry in input_pipeline.DATASETS).
+    # and 8,000 test 96x96 images of 10 classes (needs an 'stl10' entry in catkd_jax.data.DATASETS).
     # TinyImageNet: source 'folder', dir ROOT with ROOT/train/<wnid>/*.JPEG and the validation
     # images sorted into ROOT/test/<wnid>/ (200 classes, 64x64), name 'cifar100' (for folders the
     # name only picks the normalisation: here the student's own).

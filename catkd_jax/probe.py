@@ -39,7 +39,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import console, input_pipeline, runs, sharding, train
+from catkd_jax import console, runs, sharding, train
+from catkd_jax.data import DATASETS, SHAPES_CLASSES, create_source
 
 Variables = dict[str, Any]
 
@@ -296,12 +297,12 @@ def fit_linear_probe(
 def _student_num_classes(config: ml_collections.ConfigDict) -> int:
     """The class count of the student's own training data (`config.data`), for a `.pth`."""
     if config.data.source == "shapes":
-        return len(input_pipeline.SHAPES_CLASSES)
-    if config.data.name in input_pipeline.DATASETS:
-        return input_pipeline.DATASETS[config.data.name].num_classes
+        return len(SHAPES_CLASSES)
+    if config.data.name in DATASETS:
+        return DATASETS[config.data.name].num_classes
     raise ValueError(
         f"a .pth does not say its class count and config.data.name={config.data.name!r} is not one of "
-        f"{', '.join(input_pipeline.DATASETS)}; convert it with `python -m catkd_jax.convert` first"
+        f"{', '.join(DATASETS)}; convert it with `python -m catkd_jax.convert` first"
     )
 
 
@@ -326,10 +327,10 @@ def load_frozen_network(
 
 def _check_probe_data(config: ml_collections.ConfigDict) -> None:
     data = config.probe.data
-    if data.get("source") != "shapes" and data.get("name") not in input_pipeline.DATASETS:
+    if data.get("source") != "shapes" and data.get("name") not in DATASETS:
         raise ValueError(
             f"config.probe.data.name={data.get('name')!r} is not a data set the input pipeline knows "
-            f"({', '.join(input_pipeline.DATASETS)}). For image folders (TinyImageNet) name the "
+            f"({', '.join(DATASETS)}). For image folders (TinyImageNet) name the "
             "normalisation to use, e.g. 'cifar100', the student's own"
         )
 
@@ -349,7 +350,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
     _check_probe_data(config)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    source = input_pipeline.create_source(probe_source_config(config))
+    source = create_source(probe_source_config(config))
     model, variables, info = load_frozen_network(config, checkpoint)
     image_size = int(config.probe.data.get("image_size", 0) or 0)
 

@@ -19,7 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import input_pipeline, train, visualize
+from catkd_jax import train, visualize
+from catkd_jax.data import DataSource, create_source
 
 
 def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
@@ -36,8 +37,8 @@ def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collection
     return variant
 
 
-def _source_with_boxes(config: ml_collections.ConfigDict) -> input_pipeline.DataSource:
-    source = input_pipeline.create_source(config)
+def _source_with_boxes(config: ml_collections.ConfigDict) -> DataSource:
+    source = create_source(config)
     if "box" not in next(iter(source.eval_batches())):
         raise ValueError(
             f"CAM localisation needs object boxes, which config.data.source={config.data.source!r} "
@@ -66,7 +67,7 @@ def cam_localization(
 
 
 def _cam_figure(config, networks: dict[str, tuple[str, pathlib.Path]], path: pathlib.Path) -> pathlib.Path:
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     batch = visualize.first_test_examples(source, 6)
     outputs = {
         name: visualize.network_outputs(checkpoint, arch, source.num_classes, batch["image"])[1]

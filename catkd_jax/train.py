@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, config_files, input_pipeline, interruption, methods, record, runs, sharding
+from catkd_jax import checkpoints, config_files, interruption, methods, record, runs, sharding
+from catkd_jax.data import DataSource, create_source
 from catkd_jax.console import UserError, report
 from catkd_jax.models import canonical_name, create_model, folding
 
@@ -335,7 +336,7 @@ def _evaluation_result(sums: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_evaluation(
-    eval_step: Callable, variables: Variables, source: input_pipeline.DataSource, mesh: jax.sharding.Mesh
+    eval_step: Callable, variables: Variables, source: DataSource, mesh: jax.sharding.Mesh
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy (%) and mean loss over the whole test set, each example once."""
     sums = _sum_over(sharding.prefetch(source.eval_batches(), mesh), lambda batch: eval_step(variables, batch))
@@ -343,7 +344,7 @@ def run_evaluation(
 
 
 def _run_batches(
-    sources: Sequence[input_pipeline.DataSource], batches_of: Callable[[input_pipeline.DataSource], Iterator[dict]]
+    sources: Sequence[DataSource], batches_of: Callable[[DataSource], Iterator[dict]]
 ) -> Iterator[dict[str, np.ndarray]]:
     """One source's batches, or the batches of one source per run stacked on a leading run axis."""
     if len(sources) == 1:
@@ -549,7 +550,7 @@ def train_and_evaluate(
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
 
     # Runs with one seed share their data; otherwise each run has the source its seed makes.
-    sources = [input_pipeline.create_source(run_config)
+    sources = [create_source(run_config)
                for run_config in (run_configs[:1] if plan.shared_inputs else run_configs)]
     source = sources[0]
     dtype = activation_dtype(config)
@@ -817,7 +818,7 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     # Generated data sets depend on the seed, so each network is tested on its own seed's data;
     # one source per seed serves every network trained with it.
-    source_for = functools.cache(lambda seed: input_pipeline.create_source(runs.with_value(config, "seed", seed)))
+    source_for = functools.cache(lambda seed: create_source(runs.with_value(config, "seed", seed)))
     path = pathlib.Path(checkpoint)
     run_dirs = runs.run_directories(path) if path.is_dir() and not (path / "checkpoints").exists() else []
     if not run_dirs:

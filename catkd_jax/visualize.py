@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from catkd_jax import input_pipeline, losses, methods, train
+from catkd_jax import losses, methods, train
+from catkd_jax.data import DataSource, create_source
 
 DPI = 100
 
@@ -375,7 +376,7 @@ def cam_peak_in_box(
     )
 
 
-def first_test_examples(source: input_pipeline.DataSource, count: int) -> dict[str, np.ndarray]:
+def first_test_examples(source: DataSource, count: int) -> dict[str, np.ndarray]:
     """The first `count` unmasked test examples (fewer if the test set is smaller)."""
     parts: dict[str, list[np.ndarray]] = {}
     taken = 0
@@ -420,7 +421,7 @@ def visualize(
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     batch = first_test_examples(source, num_images)
     images, num_classes = batch["image"], source.num_classes
     dtype = train.activation_dtype(config)

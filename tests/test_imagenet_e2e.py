@@ -9,7 +9,7 @@ import pytest
 from catkd_jax import config_files, convert, train
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT
-from test_input_pipeline import _write_imagenet_folder
+from test_data import _write_imagenet_folder
 from test_train import read_metrics
 
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import input_pipeline, probe, train
+from catkd_jax import probe, train
+from catkd_jax.data import ArraySource, create_source, reduce_training_set
 from catkd_jax.models import create_model
 from catkd_jax.models.layers import global_avg_pool
 from conftest import REPO_ROOT
@@ -154,7 +155,7 @@ def _by_content(images, labels):
 @pytest.mark.parametrize("source_name", ["synthetic", "shapes"])
 def test_train_eval_batches_are_the_training_examples_unaugmented(source_name):
     config = tiny_config(data__source=source_name, data__synthetic_train_size=48, eval_batch_size=32)
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     images, labels = _train_split(source)
     assert len(labels) == source.num_train == 48
     # Epoch 1 of train_batches: every example once (48 = 3 batches of 16), shuffled; the shapes
@@ -177,13 +178,13 @@ def test_train_eval_batches_of_image_arrays_in_data_set_order():
     rng = np.random.default_rng(0)
     train_images = rng.integers(0, 256, (20, 8, 8, 3), np.uint8)
     train_labels = np.arange(20) % 3
-    source = input_pipeline.ArraySource(
+    source = ArraySource(
         train_images, train_labels, train_images[:4], train_labels[:4], num_classes=3,
         mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), batch_size=4, eval_batch_size=8, seed=0,
         reserved_rate=0.5,
     )
     images, labels = _train_split(source)
-    kept = input_pipeline.reduce_training_set(train_labels, 3, 0, 0.5)
+    kept = reduce_training_set(train_labels, 3, 0, 0.5)
     assert len(kept) == source.num_train < 20
     np.testing.assert_array_equal(labels, train_labels[kept])
     expected = (train_images[kept] / 255.0 - np.float32([0.5, 0.4, 0.3])) / np.float32([0.2, 0.25, 0.3])

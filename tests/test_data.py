@@ -1,4 +1,4 @@
-"""Tests of catkd_jax.input_pipeline: sources, determinism, augmentation, reduction, errors."""
+"""Tests of catkd_jax.data: sources, determinism, augmentation, reduction, errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from catkd_jax import input_pipeline
+from catkd_jax.data import ArraySource, DataSource, augment, create_source, generated, reduce_training_set
 from conftest import REPO_ROOT, shared_path
 
 # The original recipe's constants, restated here so a typo in the module cannot hide.
@@ -61,7 +61,7 @@ def _array_source(images, labels, test_images=None, **kwargs):
     )
     settings.update(kwargs)
     test_images = images if test_images is None else test_images
-    return input_pipeline.ArraySource(images, labels, test_images, labels, **settings)
+    return ArraySource(images, labels, test_images, labels, **settings)
 
 
 def _random_images(n: int, seed: int = 0) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_tfds_source_batches_and_eval_counts_every_example_once():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=50):
-        source = input_pipeline.create_source(_config(data_source="tfds", eval_batch_size=16))
+        source = create_source(_config(data_source="tfds", eval_batch_size=16))
         mock_test = tfds.load("cifar100", split="test", as_supervised=True)
         test_images, test_labels = zip(*mock_test.as_numpy_iterator())
     assert (source.num_classes, source.num_train, source.num_eval) == (100, 50, 50)
@@ -163,14 +163,14 @@ def test_reduce_training_set_keeps_the_first_examples_of_the_first_classes():
     labels = np.array([2, 0, 1, 0, 2, 1, 0, 0, 1, 2, 0, 1])
     # Class 0 sits at 1, 3, 6, 7, 10; class 1 at 2, 5, 8, 11; class 2 at 0, 4, 9.
     np.testing.assert_array_equal(
-        input_pipeline.reduce_training_set(labels, 3, reserved_classes=2, reserved_rate=0.5),
+        reduce_training_set(labels, 3, reserved_classes=2, reserved_rate=0.5),
         [1, 2, 3, 5],
     )
     np.testing.assert_array_equal(
-        input_pipeline.reduce_training_set(labels, 3, reserved_classes=0, reserved_rate=0.8),
+        reduce_training_set(labels, 3, reserved_classes=0, reserved_rate=0.8),
         [0, 1, 2, 3, 4, 5, 6, 7, 8],  # int(0.8 * count): 4 of class 0, 3 of class 1, 2 of class 2
     )
-    np.testing.assert_array_equal(input_pipeline.reduce_training_set(labels, 3), np.arange(12))
+    np.testing.assert_array_equal(reduce_training_set(labels, 3), np.arange(12))
 
 
 def test_folder_source_reduces_training_data_but_not_the_test_set(tmp_path):
@@ -185,7 +185,7 @@ def test_folder_source_reduces_training_data_but_not_the_test_set(tmp_path):
         batch_size=3,
         eval_batch_size=3,
     )
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     assert (source.num_classes, source.num_train, source.num_eval) == (3, 6, 4)
     assert source.class_names == ["a", "b", "c"]
     seen = {}
@@ -215,7 +215,7 @@ def test_folder_source_reads_real_cifar10_jpegs(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content)
 
-    source = input_pipeline.create_source(
+    source = create_source(
         _config(
             data_name="cifar10",
             data_source="folder",
@@ -246,11 +246,11 @@ def test_numpy_sources_work_without_tensorflow(source):
         sys.modules["tensorflow"] = None  # any import of it now fails
         sys.modules["tensorflow_datasets"] = None
         import ml_collections
-        from catkd_jax import input_pipeline
+        from catkd_jax.data import create_source
         config = ml_collections.ConfigDict(dict(seed=3, batch_size=8, eval_batch_size=8, data=dict(
             name="cifar10", source="{source}", dir="", reserved_classes=0, reserved_rate=1.0,
             synthetic_train_size=20, synthetic_test_size=10)))
-        source = input_pipeline.create_source(config)
+        source = create_source(config)
         assert len(list(source.train_batches(1))) == 2
         assert sum(batch["mask"].sum() for batch in source.eval_batches()) == 10
         print("ok")
@@ -267,14 +267,14 @@ def test_synthetic_source_is_deterministic_and_learnable():
     config = _config(
         data_name="cifar10", data_synthetic_train_size=200, data_synthetic_test_size=50
     )
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     assert (source.num_classes, source.num_train, source.num_eval) == (10, 200, 50)
     assert source.class_names == [f"class_{label}" for label in range(10)]
     train = list(source.train_batches(1))
     assert len(train) == source.steps_per_epoch == 12
     assert train[0]["image"].shape == (16, 32, 32, 3) and train[0]["image"].dtype == np.float32
     assert train[0]["label"].dtype == np.int32
-    again = next(input_pipeline.create_source(config).train_batches(1))
+    again = next(create_source(config).train_batches(1))
     np.testing.assert_array_equal(train[0]["image"], again["image"])
     assert not np.array_equal(
         _stack(train, "label"), _stack(source.train_batches(2), "label")
@@ -315,7 +315,7 @@ def test_shapes_source_is_deterministic_balanced_and_named():
     config = _shapes_config(
         data_name="imagenet", data_synthetic_train_size=203, data_synthetic_test_size=52
     )
-    source = input_pipeline.create_source(config)
+    source = create_source(config)
     assert source.class_names == ["disc", "square", "triangle", "cross", "ring"]
     assert (source.num_classes, source.num_train, source.num_eval) == (5, 203, 52)
     assert source.image_shape == (32, 32, 3) and source.steps_per_epoch == 12
@@ -325,23 +325,23 @@ def test_shapes_source_is_deterministic_balanced_and_named():
     assert train["label"].dtype == np.int32 and train["box"].dtype == np.int32
     assert train["box"].shape == (16, 4) and evals[0]["box"].shape == (32, 4)
     assert evals[0]["mask"].dtype == bool
-    same = input_pipeline.create_source(config)
+    same = create_source(config)
     for a, b in zip(evals, same.eval_batches(), strict=True):
         for key in ("image", "label", "box", "mask"):
             np.testing.assert_array_equal(a[key], b[key])
     for key in ("image", "label", "box"):
         np.testing.assert_array_equal(train[key], next(same.train_batches(1))[key])
-    other = next(input_pipeline.create_source(_shapes_config(seed=1)).eval_batches())
+    other = next(create_source(_shapes_config(seed=1)).eval_batches())
     assert not np.array_equal(other["image"], evals[0]["image"])
     assert not np.array_equal(other["box"], evals[0]["box"])
 
     # The batches serve the generated splits; train and test are independent draws.
     mask = _stack(evals, "mask")
-    test_images, test_labels, _, test_boxes = input_pipeline._shapes_split(0, 1, 52)
+    test_images, test_labels, _, test_boxes = generated.shapes_split(0, 1, 52)
     np.testing.assert_array_equal(source.display_images(_stack(evals, "image")[mask]), test_images)
     np.testing.assert_array_equal(_stack(evals, "label")[mask], test_labels)
     np.testing.assert_array_equal(_stack(evals, "box")[mask], test_boxes)
-    train_images, train_labels = input_pipeline._shapes_split(0, 0, 203)[:2]
+    train_images, train_labels = generated.shapes_split(0, 0, 203)[:2]
     assert not np.array_equal(train_images[:52], test_images)
     for labels in (train_labels, test_labels):
         counts = np.bincount(labels, minlength=5)
@@ -350,7 +350,7 @@ def test_shapes_source_is_deterministic_balanced_and_named():
 
 
 def test_shapes_boxes_are_tight_around_objects_of_their_class():
-    images, labels, masks, boxes = input_pipeline._shapes_split(0, 0, 500)
+    images, labels, masks, boxes = generated.shapes_split(0, 0, 500)
     assert boxes.dtype == np.int32 and boxes.shape == (500, 4) and masks.shape == (500, 32, 32)
     _assert_tight(masks, boxes)
     y0, x0, y1, x1 = boxes.T
@@ -383,7 +383,7 @@ def test_shapes_boxes_are_tight_around_objects_of_their_class():
 
 
 def test_shapes_objects_contrast_with_the_background_around_them():
-    images, _, masks, boxes = input_pipeline._shapes_split(0, 1, 500)
+    images, _, masks, boxes = generated.shapes_split(0, 1, 500)
     # The background around an object: its box grown by 3 pixels a side, less the object.
     y0, x0, y1, x1 = (boxes.T + np.array([-3, -3, 3, 3])[:, None])[:, :, None, None]
     rows, cols = np.arange(32)[:, None], np.arange(32)
@@ -396,8 +396,8 @@ def test_shapes_objects_contrast_with_the_background_around_them():
 
 
 def test_shapes_training_flips_images_with_their_boxes_and_eval_does_not():
-    source = input_pipeline.create_source(_shapes_config(data_synthetic_train_size=64))
-    images, labels, masks, _ = input_pipeline._shapes_split(0, 0, 64)
+    source = create_source(_shapes_config(data_synthetic_train_size=64))
+    images, labels, masks, _ = generated.shapes_split(0, 0, 64)
     index = {image.tobytes(): i for i, image in enumerate(images)}
     flipped = {}
     for epoch in (1, 2):
@@ -414,14 +414,14 @@ def test_shapes_training_flips_images_with_their_boxes_and_eval_does_not():
     assert 0.3 < np.mean(list(flipped.values())) < 0.7
     assert any(flipped[1, i] != flipped[2, i] for i in range(64)), "flips change by epoch"
 
-    test_images = input_pipeline._shapes_split(0, 1, 40)[0]
+    test_images = generated.shapes_split(0, 1, 40)[0]
     evals = list(source.eval_batches())
     np.testing.assert_array_equal(
         source.display_images(_stack(evals, "image")[_stack(evals, "mask")]), test_images
     )
 
 
-def _arrays_in_process(index: int, count: int) -> input_pipeline.DataSource:
+def _arrays_in_process(index: int, count: int) -> DataSource:
     return _array_source(
         _random_images(50),
         np.arange(50),
@@ -433,14 +433,14 @@ def _arrays_in_process(index: int, count: int) -> input_pipeline.DataSource:
     )
 
 
-def _synthetic_in_process(index: int, count: int) -> input_pipeline.DataSource:
+def _synthetic_in_process(index: int, count: int) -> DataSource:
     config = _config(
         batch_size=8, eval_batch_size=12, data_synthetic_train_size=50, data_synthetic_test_size=50
     )
-    return input_pipeline.create_source(config, process_index=index, process_count=count)
+    return create_source(config, process_index=index, process_count=count)
 
 
-def _shapes_in_process(index: int, count: int) -> input_pipeline.DataSource:
+def _shapes_in_process(index: int, count: int) -> DataSource:
     config = _config(
         batch_size=8,
         eval_batch_size=12,
@@ -448,7 +448,7 @@ def _shapes_in_process(index: int, count: int) -> input_pipeline.DataSource:
         data_synthetic_train_size=50,
         data_synthetic_test_size=50,
     )
-    return input_pipeline.create_source(config, process_index=index, process_count=count)
+    return create_source(config, process_index=index, process_count=count)
 
 
 @pytest.mark.parametrize(
@@ -476,21 +476,16 @@ def test_two_processes_partition_each_global_batch(make):
     assert evals[1][-1]["mask"].sum() == 0, "the second process pads its last batch entirely"
 
 
-def _training_split(kind: str, source: input_pipeline.DataSource) -> dict[str, np.ndarray]:
+def _training_split(kind: str, source: DataSource) -> dict[str, np.ndarray]:
     """The 50 training examples the `_*_in_process` sources hold, in data-set order, as stored
     or generated: uint8 pixels (the synthetic source's float examples), labels, boxes."""
     if kind == "arrays":
         return {"image": _random_images(50), "label": np.arange(50)}
     if kind == "shapes":
-        images, labels, _, boxes = input_pipeline._shapes_split(0, 0, 50)
+        images, labels, _, boxes = generated.shapes_split(0, 0, 50)
         return {"image": images, "label": labels, "box": boxes}
-    stream = input_pipeline._SYNTHETIC_DATA
-    labels = np.random.default_rng(input_pipeline._entropy(0, stream, 0)).integers(0, 100, 50)
-    ids = np.arange(50)
-    return {
-        "image": source._examples(input_pipeline._SYNTHETIC_TRAIN, ids, labels),
-        "label": labels,
-    }
+    images, labels = source.examples(True, np.arange(50))
+    return {"image": images, "label": labels}
 
 
 @pytest.mark.parametrize(
@@ -542,7 +537,7 @@ def test_stl10_from_tfds_has_ten_classes_and_its_own_normalisation():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=10):
-        source = input_pipeline.create_source(
+        source = create_source(
             _config(data_source="tfds", data_name="stl10", batch_size=4, eval_batch_size=4)
         )
         mock_train = tfds.load("stl10", split="train", as_supervised=True)
@@ -560,7 +555,7 @@ def test_stl10_from_tfds_has_ten_classes_and_its_own_normalisation():
 
 def test_missing_tfds_data_says_where_it_looked_and_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        input_pipeline.create_source(_config(data_source="tfds", data_dir=str(tmp_path)))
+        create_source(_config(data_source="tfds", data_dir=str(tmp_path)))
     message = str(error.value)
     for part in ("'cifar100'", str(tmp_path), "tfds build cifar100 --data_dir DIR",
                  "--config.data.dir=DIR", "--config.data.source=folder"):
@@ -587,13 +582,13 @@ def test_missing_tfds_data_says_where_it_looked_and_what_to_do(tmp_path):
 )
 def test_invalid_configs_are_refused(overrides, process_count, match):
     with pytest.raises(ValueError, match=match):
-        input_pipeline.create_source(
+        create_source(
             _config(**overrides), process_index=0, process_count=process_count
         )
 
 
 def test_epochs_count_from_one():
-    source = input_pipeline.create_source(_config())
+    source = create_source(_config())
     with pytest.raises(ValueError, match="epoch must be an integer >= 1"):
         source.train_batches(0)
 
@@ -611,7 +606,7 @@ def test_epochs_count_from_one():
 def test_malformed_folders_are_refused(tmp_path, layout, match):
     _write_folder(tmp_path, layout)
     with pytest.raises(ValueError, match=match):
-        input_pipeline.create_source(_config(data_source="folder", data_dir=str(tmp_path)))
+        create_source(_config(data_source="folder", data_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("problem", ["undecodable", "other size"])
@@ -625,7 +620,7 @@ def test_bad_image_files_are_named(tmp_path, problem):
 
         tf.io.write_file(str(bad), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
     with pytest.raises(ValueError, match=re.escape(str(bad))):
-        input_pipeline.create_source(_config(data_source="folder", data_dir=str(tmp_path)))
+        create_source(_config(data_source="folder", data_dir=str(tmp_path)))
 
 
 # --- ImageNet --------------------------------------------------------------------------------
@@ -691,7 +686,7 @@ def _tfds_source(root, index: int = 0, count: int = 1, **overrides):
     config = _imagenet_config(
         data_source="tfds", data_dir=str(root), batch_size=8, eval_batch_size=4, **overrides
     )
-    return input_pipeline.create_source(config, process_index=index, process_count=count)
+    return create_source(config, process_index=index, process_count=count)
 
 
 def test_imagenet_tfds_batches_streamed_and_split_between_processes(imagenet_tfds_dir):
@@ -725,7 +720,7 @@ def test_imagenet_tfds_batches_streamed_and_split_between_processes(imagenet_tfd
     # Two processes read disjoint halves of the records, and make the same number of batches.
     halves = [_tfds_source(imagenet_tfds_dir, index, 2) for index in (0, 1)]
     names = [
-        {record["file_name"] for record in half._records("train", 24).as_numpy_iterator()}
+        {record["file_name"] for record in half.records("train", 24).as_numpy_iterator()}
         for half in halves
     ]
     assert len(names[0]) == len(names[1]) == 12 and not names[0] & names[1]
@@ -760,7 +755,7 @@ def _write_imagenet_folder(root, eval_split: str = "val") -> None:
 def _folder_source(root, index: int = 0, count: int = 1, **overrides):
     settings = dict(data_source="folder", data_dir=str(root), batch_size=4, eval_batch_size=4)
     config = _imagenet_config(**(settings | overrides))
-    return input_pipeline.create_source(config, process_index=index, process_count=count)
+    return create_source(config, process_index=index, process_count=count)
 
 
 def test_imagenet_folder_crops_are_reproducible_per_epoch_and_split_between_processes(tmp_path):
@@ -827,7 +822,7 @@ def test_imagenet_normalisation_and_a_test_folder(tmp_path):
 def _windows(shape, seeds):
     import tensorflow as tf
 
-    window = lambda seed: input_pipeline._random_resized_crop_window(tf.constant(shape), seed)
+    window = lambda seed: augment.random_resized_crop_window(tf.constant(shape), seed)
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(seeds, np.int64)).map(window)
     return np.stack(list(dataset.as_numpy_iterator()))
 
@@ -859,7 +854,7 @@ def test_random_resized_crop_windows_follow_torchvision():
 def test_centre_crop_window_is_torchvisions_resize_then_centre_crop():
     import tensorflow as tf
 
-    window = input_pipeline._center_crop_window
+    window = augment.center_crop_window
     # Resize(256) + CenterCrop(224) of 375 x 500 keeps 224/256 of the shorter side, centred.
     np.testing.assert_array_equal(window(tf.constant([375, 500, 3]), 224), [23, 86, 328, 328])
     np.testing.assert_array_equal(window(tf.constant([500, 375, 3]), 224), [86, 23, 328, 328])
@@ -869,7 +864,7 @@ def test_centre_crop_window_is_torchvisions_resize_then_centre_crop():
 
 def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        input_pipeline.create_source(_imagenet_config(data_source="tfds", data_dir=str(tmp_path)))
+        create_source(_imagenet_config(data_source="tfds", data_dir=str(tmp_path)))
     message = str(error.value)
     manual = f"{tmp_path}/downloads/manual"
     for part in (
@@ -898,7 +893,7 @@ def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
 def test_invalid_imagenet_configs_are_refused(overrides, match, tmp_path):
     config = _imagenet_config(**(dict(data_source="folder", data_dir=str(tmp_path)) | overrides))
     with pytest.raises(ValueError, match=match):
-        input_pipeline.create_source(config)
+        create_source(config)
 
 
 @pytest.mark.parametrize(
@@ -912,7 +907,7 @@ def test_malformed_imagenet_folders_are_refused(tmp_path, flat_val, match):
         (tmp_path / "val").mkdir()
         (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
     with pytest.raises(ValueError, match=match):
-        input_pipeline.create_source(_imagenet_config(data_source="folder", data_dir=str(tmp_path)))
+        create_source(_imagenet_config(data_source="folder", data_dir=str(tmp_path)))
 
 
 def _assert_resumed_epoch_is_the_tail(source, epoch: int, first_step: int) -> None:

@@ -1,0 +1,313 @@
+"""What every data source shares: data-set constants, seeds, reduction and batching.
+
+`DataSource` computes each epoch's global order of the (reduced) training set from
+`(seed, epoch)`, cuts it into global batches and hands each process its contiguous slice; the
+test set is read in fixed order, the last batch padded and masked. Everything random derives
+from `(seed, epoch)`: the shuffle and each example's augmentation (from its index in the data
+set, through stateless ops), so a batch never depends on threading, on the number of processes,
+or on where an interrupted run resumed. Subclasses supply the images: `train_batches` and
+`_unaugmented`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    tfds_name: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int = 32  # the native side of the training images (data.image_size=0)
+    # Streamed file by file with the ImageNet recipe (random-resized crops), not held in memory.
+    streamed: bool = False
+
+
+DATASETS = {
+    "cifar100": DatasetSpec(
+        "cifar100", 100, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
+    ),
+    # STL-10's labelled 'train' (5,000) and 'test' (8,000) splits, 96x96 images; the linear probe
+    # resizes them. Mean and std are those of the train split.
+    "stl10": DatasetSpec(
+        "stl10", 10, mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713), image_size=96
+    ),
+    "imagenet2012": DatasetSpec(
+        "imagenet2012",
+        1000,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        image_size=224,
+        streamed=True,
+    ),
+}
+
+# Each random stream has its own number, so no two streams ever share a seed sequence.
+SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA = range(6)
+
+
+@functools.lru_cache(maxsize=None)
+def import_tensorflow() -> Any:
+    """TensorFlow, imported on first use, restricted to the CPU."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    try:
+        # tf.data must never take accelerator memory from JAX.
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow was initialised before us; its device choice can no longer change.
+    return tf
+
+
+def reduce_training_set(
+    labels: np.ndarray, num_classes: int, reserved_classes: int = 0, reserved_rate: float = 1.0
+) -> np.ndarray:
+    """Indices of the training examples kept by CAT-KD's data-reduction study.
+
+    Args:
+      labels: `[N]` integer labels in data-set order.
+      num_classes: the data set's class count.
+      reserved_classes: keep only classes `0 .. reserved_classes - 1`; 0 keeps all.
+      reserved_rate: keep the first `int(reserved_rate * count)` examples of each kept class,
+        in data-set order; in (0, 1].
+    Returns:
+      `[M]` int64 indices into `labels`, increasing (data-set order is preserved).
+    """
+    if not 0 <= reserved_classes <= num_classes:
+        raise ValueError(
+            f"config.data.reserved_classes={reserved_classes} is outside 0..{num_classes} "
+            f"(the data set has {num_classes} classes); use 0 to keep all classes"
+        )
+    if not 0.0 < reserved_rate <= 1.0:
+        raise ValueError(
+            f"config.data.reserved_rate={reserved_rate} is outside (0, 1]; "
+            "use 1.0 to keep every image of the kept classes"
+        )
+    labels = np.asarray(labels)
+    kept_classes = reserved_classes or num_classes
+    if kept_classes == num_classes and reserved_rate == 1.0:
+        return np.arange(len(labels), dtype=np.int64)
+    kept = []
+    for label in range(kept_classes):
+        members = np.flatnonzero(labels == label)
+        kept.append(members[: int(reserved_rate * len(members))])
+    return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def seed_sequence(seed: int, stream: int, *words: int) -> np.random.SeedSequence:
+    # SeedSequence takes non-negative integers only; the modulus keeps negative seeds usable.
+    return np.random.SeedSequence([int(seed) % 2**64, stream, *(int(word) for word in words)])
+
+
+def positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class DataSource(abc.ABC):
+    """Batching shared by all sources: reduction, per-epoch order, process slices, eval padding.
+
+    Args:
+      train_labels, test_labels: `[N]` integer labels of each split, in data-set order.
+      num_classes: the data set's class count.
+      batch_size, eval_batch_size: global batch sizes, multiples of `process_count`.
+      seed: determines every epoch's order and augmentation.
+      class_names: `num_classes` names, in label order; default `"0", "1", ...`.
+      reserved_classes, reserved_rate: training-set reduction, see `reduce_training_set`.
+      process_index, process_count: this process among the data-parallel ones; default to
+        `jax.process_index()` and `jax.process_count()`.
+
+    Attributes:
+      num_classes: classes of the model's output (the test set keeps all of them).
+      class_names: `num_classes` names, label i's at index i.
+      image_shape: `(H, W, 3)` of every image (set by subclasses).
+      mean, std: per-channel constants of the normalisation `(x / 255 - mean) / std` (set by
+        subclasses); `display_images` undoes it.
+      num_train: training examples after reduction, over all processes.
+      num_eval: test examples, over all processes.
+      steps_per_epoch: `num_train // batch_size`; the remainder of each epoch's order is dropped.
+    """
+
+    def __init__(
+        self,
+        train_labels: np.ndarray,
+        test_labels: np.ndarray,
+        *,
+        num_classes: int,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        class_names: Sequence[str] | None = None,
+        reserved_classes: int = 0,
+        reserved_rate: float = 1.0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> None:
+        if class_names is None:
+            class_names = [str(label) for label in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self._init_batching(batch_size, eval_batch_size, seed, process_index, process_count)
+        self._train_labels = np.asarray(train_labels, np.int32)
+        self._test_labels = np.asarray(test_labels, np.int32)
+        self._train_ids = reduce_training_set(
+            self._train_labels, num_classes, reserved_classes, reserved_rate
+        )
+        self.num_classes = num_classes
+        self.class_names = [str(name) for name in class_names]
+        self.num_train = len(self._train_ids)
+        self.num_eval = len(self._test_labels)
+        if self.num_train < batch_size:
+            raise ValueError(
+                f"{self.num_train} training examples remain (config.data.reserved_classes="
+                f"{reserved_classes}, reserved_rate={reserved_rate}), fewer than one batch of "
+                f"config.batch_size={batch_size}; lower the batch size or keep more data"
+            )
+        if self.num_eval == 0:
+            raise ValueError("the test set is empty; a source needs at least one test example")
+        self.steps_per_epoch = self.num_train // batch_size
+
+    def _init_batching(
+        self,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        process_index: int | None,
+        process_count: int | None,
+    ) -> None:
+        """Checks and keeps the batch sizes, the seed and this process's place among them."""
+        process_count = jax.process_count() if process_count is None else process_count
+        process_index = jax.process_index() if process_index is None else process_index
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
+        for field, size in (
+            ("config.batch_size", batch_size),
+            ("config.eval_batch_size", eval_batch_size),
+        ):
+            if positive_int(size, field) % process_count:
+                raise ValueError(
+                    f"{field}={size} is not divisible by the {process_count} processes; "
+                    f"set it to a multiple of {process_count}"
+                )
+        self._global_batch = batch_size
+        self._global_eval_batch = eval_batch_size
+        self._batch = batch_size // process_count
+        self._eval_batch = eval_batch_size // process_count
+        self._process_index = process_index
+        self._process_count = process_count
+        self._seed = seed
+
+    def _epoch_entropy(self, stream: int, epoch: int) -> np.random.SeedSequence:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 1:
+            raise ValueError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
+        return seed_sequence(self._seed, stream, epoch)
+
+    def _train_ids_for_epoch(self, epoch: int, first_step: int = 0) -> np.ndarray:
+        """`[(steps_per_epoch - first_step) * B]`: this process's data-set indices for `epoch`,
+        in batch order, from batch `first_step` on."""
+        rng = np.random.default_rng(self._epoch_entropy(SHUFFLE, epoch))
+        order = rng.permutation(self.num_train)
+        steps = order[: self.steps_per_epoch * self._global_batch].reshape(
+            self.steps_per_epoch, self._global_batch
+        )[self._first_step(first_step):]
+        start = self._process_index * self._batch
+        return self._train_ids[steps[:, start : start + self._batch].reshape(-1)]
+
+    def _first_step(self, first_step: int) -> int:
+        if isinstance(first_step, bool) or not isinstance(first_step, (int, np.integer)) or not (
+            0 <= first_step <= self.steps_per_epoch
+        ):
+            raise ValueError(f"first_step must be an integer in 0..{self.steps_per_epoch}, got {first_step!r}")
+        return int(first_step)
+
+    def _augmentation_seed(self, epoch: int) -> np.ndarray:
+        """`[2]` int64 seed of `epoch`'s stateless augmentation (same in every process)."""
+        return self._epoch_entropy(AUGMENT, epoch).generate_state(2, np.uint32).astype(np.int64)
+
+    def _eval_ids(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`([n * B], [n * B])`: this process's test indices and mask, in batch order.
+
+        Global batch j holds test examples `j * G .. (j + 1) * G - 1` (G the global eval batch);
+        positions past the end are padding, masked out and filled with example 0. `count`
+        (default `num_eval`) is the number of examples to visit.
+        """
+        count = self.num_eval if count is None else count
+        num_batches = -(-count // self._global_eval_batch)
+        positions = np.arange(num_batches * self._global_eval_batch).reshape(num_batches, -1)
+        start = self._process_index * self._eval_batch
+        positions = positions[:, start : start + self._eval_batch].reshape(-1)
+        mask = positions < count
+        return np.where(mask, positions, 0), mask
+
+    def _split_ids(self, train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(ids, labels, mask)`, each `[n * B]`: this process's share of a split, un-shuffled.
+
+        The batch order of `_eval_ids`, over the test split or (`train`) the reduced training
+        split: `ids` index the split's data-set order (padding: its first kept example),
+        `labels` are theirs.
+        """
+        if train:
+            positions, mask = self._eval_ids(self.num_train)
+            ids = self._train_ids[positions]
+            return ids, self._train_labels[ids], mask
+        ids, mask = self._eval_ids()
+        return ids, self._test_labels[ids], mask
+
+    def _split_id_batches(self, train: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`_split_ids(train)` cut into this process's eval batches, `([B], [B], [B])` each."""
+        return zip(*(part.reshape(-1, self._eval_batch) for part in self._split_ids(train)))
+
+    def display_images(self, images: np.ndarray) -> np.ndarray:
+        """Normalised images `[..., H, W, 3]` (any source's) -> uint8 pixels of the same shape."""
+        pixels = (np.asarray(images, np.float32) * self.std + self.mean) * 255.0
+        return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+    @abc.abstractmethod
+    def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This process's `steps_per_epoch` augmented training batches of `epoch` (from 1).
+
+        With `first_step`, the epoch's batches from that one on (exactly those of a full pass,
+        which resumes an epoch interrupted after `first_step` steps).
+
+        Returns:
+          an iterator of {"image": float32 `[B, H, W, 3]` normalised, "label": int32 `[B]`},
+          with B the global batch size over the process count.
+        """
+
+    @abc.abstractmethod
+    def _unaugmented(self, train: bool) -> Iterator[dict[str, np.ndarray]]:
+        """`train_eval_batches()` if `train`, else `eval_batches()`."""
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """This process's share of the test set, in fixed order, un-augmented.
+
+        Every process yields the same number of batches, and over all processes each test
+        example is unmasked exactly once.
+
+        Returns:
+          an iterator of {"image": float32 `[B, H, W, 3]`, "label": int32 `[B]`,
+          "mask": bool `[B]`}, with B the global eval batch size over the process count
+          (the shapes source adds "box").
+        """
+        return self._unaugmented(train=False)
+
+    def train_eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """The training split (after reduction) as `eval_batches` reads the test split.
+
+        Un-augmented, in data-set order, in the same batches, keys and dtypes, split between
+        the processes alike (the last batch padded and masked); for linear probing.
+        """
+        return self._unaugmented(train=True)
