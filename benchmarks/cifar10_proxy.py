@@ -19,7 +19,7 @@ import json
 import pathlib
 import tarfile
 
-from catkd_jax import default_config as default, runs, train
+from catkd_jax import default_config as default, runs, training
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -111,7 +111,7 @@ def main() -> None:
         for name, method, arch, run_dir, teacher in networks:
             print(f"--- seed {seed}: {name} ({arch}, {method})", flush=True)
             config = experiment_config(method, arch, seed, scale, data_dir, teacher)
-            best.setdefault(name, []).append(train.train_and_evaluate(config, run_dir)["best_test_acc"])
+            best.setdefault(name, []).append(training.train_and_evaluate(config, run_dir)["best_test_acc"])
 
     rows = {name: dict(runs.mean_and_std(values), runs=values) for name, values in best.items()}
     lines = [f"CIFAR-10 proxy, scale {args.scale}, seeds {args.seeds}: best test accuracy (%)"]

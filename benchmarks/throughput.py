@@ -3,7 +3,7 @@
     python benchmarks/throughput.py --teacher resnet32x4 --student resnet8x4 --method cat_kd \
         --batch-size 64 --steps 20 [--dtype bfloat16] [--runs R [--shared-inputs]] [--json]
 
-The train step is the one training uses (`catkd_jax.train.make_multi_run_step`, here with
+The train step is the one training uses (`catkd_jax.training.make_multi_run_step`, here with
 `--runs` students): teacher forward, student forward and backward, SGD update. Reported:
 images/s of training and of evaluation (student forward), counted over all runs' students,
 seconds to compile (and run once) the train step, peak host memory.
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from catkd_jax import default_config as default, methods, runs, sharding, train
+from catkd_jax import default_config as default, methods, runs, sharding, training
 from catkd_jax.models import create_model
 
 
@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> dict:
     if methods.needs_teacher(args.method):
         teacher = create_model(args.teacher, num_classes, dtype)
         config.teacher.fold_batch_norm = args.fold_batch_norm
-        teacher_variables = train.initialize(teacher, jax.random.key(1), (32, 32, 3))
+        teacher_variables = training.initialize(teacher, jax.random.key(1), (32, 32, 3))
         teacher_variables = sharding.replicate(
-            train.teacher_inference_variables(config, teacher, teacher_variables, (32, 32, 3)), mesh
+            training.teacher_inference_variables(config, teacher, teacher_variables, (32, 32, 3)), mesh
         )
     steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
-    state = sharding.replicate(train.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch), mesh)
+    state = sharding.replicate(training.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch), mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
     rng = np.random.default_rng(0)
     leading = () if plan.shared_inputs else (args.runs,)
@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     train_batch = {key: batch[key] for key in ("image", "label")}
     train_step = jax.jit(
-        train.make_multi_run_step(config, student, teacher, steps_per_epoch, plan, vectorize), donate_argnums=0
+        training.make_multi_run_step(config, student, teacher, steps_per_epoch, plan, vectorize), donate_argnums=0
     )
-    eval_step = jax.jit(train.make_multi_run_eval_step(student, plan, vectorize))
+    eval_step = jax.jit(training.make_multi_run_eval_step(student, plan, vectorize))
 
     started = time.perf_counter()
     state, metrics = train_step(state, train_batch, teacher_variables, values)

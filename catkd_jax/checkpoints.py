@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from catkd_jax import convert
 from catkd_jax.console import UserError, warn
 from catkd_jax.models import canonical_name
 
@@ -267,8 +268,6 @@ def load_variables(
     if source.suffix == ".pth":
         if arch is None or num_classes is None:
             raise ValueError(f"reading {source} needs the architecture and class count")
-        from catkd_jax import convert  # pylint: disable=import-outside-toplevel
-
         arch = canonical_name(arch)
         state_dict = convert.load_torch_checkpoint(source)
         variables = convert.from_torch_state_dict(state_dict, arch, num_classes)

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catkd_jax import interruption, probe, quickstart, sharding, train, visualize
+from catkd_jax import interruption, probe, quickstart, sharding, training, visualize
 from catkd_jax.console import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -105,7 +105,7 @@ def _dispatch() -> None:
     if _MODE.value in ("eval", "visualize", "linear_probe") and not _CHECKPOINT.value:
         raise app.UsageError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
     if _MODE.value == "eval":
-        train.evaluate(config, _CHECKPOINT.value)
+        training.evaluate(config, _CHECKPOINT.value)
     elif _MODE.value == "visualize":
         visualize.visualize(config, _CHECKPOINT.value, workdir)
     elif _MODE.value == "linear_probe":
@@ -113,7 +113,7 @@ def _dispatch() -> None:
     elif config.pipeline == "quickstart":
         quickstart.run(config, workdir)
     elif config.pipeline == "single":
-        train.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
+        training.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     else:
         raise app.UsageError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
 

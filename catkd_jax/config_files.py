@@ -7,10 +7,12 @@ directory, the repository's or a copy, installed package or not.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import pathlib
 import types
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -38,3 +40,22 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     if not path.is_file() and not path.is_absolute():
         path = pathlib.Path(__file__).resolve().parents[1] / path
     return load_module(path).get_config()
+
+
+def with_values(config: ml_collections.ConfigDict, changes: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with the dotted fields of `changes` (`{"cat_kd.beta": 10.0}`) set.
+
+    Only existing fields can be set (a misspelt one raises, suggesting the closest name); a value
+    may be of another type, a tracer included: a sweep's train step reads its swept field from
+    such a copy.
+    """
+    config = copy.deepcopy(config)
+    was_locked = config.is_locked
+    config.lock()
+    try:
+        with config.ignore_type():
+            config.update_from_flattened_dict(dict(changes))
+    finally:
+        if not was_locked:
+            config.unlock()
+    return config

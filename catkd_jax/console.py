@@ -7,6 +7,7 @@ file); the command line prints its message as one `error: ...` line, without a t
 from __future__ import annotations
 
 import sys
+from typing import Any, Sequence
 
 import jax
 
@@ -25,3 +26,11 @@ def warn(message: str) -> None:
     """A `warning: ...` line on stderr, from the first process only."""
     if jax.process_index() == 0:
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An aligned text table: `header`, a rule, then `rows` (cells of any type, shown as `str`)."""
+    lines = [[str(cell) for cell in cells] for cells in (header, *rows)]
+    widths = [max(len(cells[i]) for cells in lines if i < len(cells)) for i in range(len(header))]
+    render = lambda cells: "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+    return "\n".join([render(lines[0]), "-" * len(render(lines[0])), *map(render, lines[1:])])

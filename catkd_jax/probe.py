@@ -39,10 +39,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import console, runs, sharding, train
+from catkd_jax import console, runs, sharding, training
 from catkd_jax.data import DATASETS, SHAPES_CLASSES, create_source
+from catkd_jax.types import Variables
 
-Variables = dict[str, Any]
 
 RESULT_FILE = "linear_probe.json"
 
@@ -163,7 +163,7 @@ def learning_rate_schedule(probe: ml_collections.ConfigDict, steps_per_epoch: in
     Constant within an epoch: with the defaults, 0.1 in epochs 1-10, 0.01 in 11-20, 0.001 in
     21-30 and 0.0001 in 31-40.
     """
-    return train.epoch_step_schedule(probe.lr, probe.decay_epochs, probe.decay_rate, steps_per_epoch)
+    return training.epoch_step_schedule(probe.lr, probe.decay_epochs, probe.decay_rate, steps_per_epoch)
 
 
 def _logits(params: Variables, features: jax.Array) -> jax.Array:
@@ -225,7 +225,7 @@ def fit_linear_probe(
     num_train, num_features = train_features.shape
     steps = math.ceil(num_train / batch_size)
     schedule = learning_rate_schedule(probe, steps)
-    tx = train.torch_sgd(schedule, probe.momentum, probe.weight_decay)
+    tx = training.torch_sgd(schedule, probe.momentum, probe.weight_decay)
     key = jax.random.key(config.seed)
     params = {
         "kernel": 0.01 * jax.random.normal(jax.random.fold_in(key, _INIT), (num_features, num_classes)),
@@ -309,7 +309,7 @@ def _student_num_classes(config: ml_collections.ConfigDict) -> int:
 def load_frozen_network(
     config: ml_collections.ConfigDict, checkpoint: str | os.PathLike
 ) -> tuple[flax.linen.Module, Variables, dict[str, Any]]:
-    """`(model, variables, info)` of the network at `checkpoint`, as `train.load_network`.
+    """`(model, variables, info)` of the network at `checkpoint`, as `training.load_network`.
 
     Any form `checkpoints.load_variables` reads; the class count and architecture come from the
     checkpoint, except for a `.pth`, which takes `config.student.arch` and the class count of
@@ -322,7 +322,7 @@ def load_frozen_network(
             "probe one of them: --checkpoint " + str(path / "run_0")
         )
     num_classes = _student_num_classes(config) if str(checkpoint).endswith(".pth") else None
-    return train.load_network(checkpoint, config.student.arch, num_classes, train.activation_dtype(config))
+    return training.load_network(checkpoint, config.student.arch, num_classes, training.activation_dtype(config))
 
 
 def _check_probe_data(config: ml_collections.ConfigDict) -> None:

@@ -9,7 +9,6 @@ inside the object's box), draws their CAMs side by side, prints a table and writ
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pathlib
@@ -19,22 +18,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import train, visualize
+from catkd_jax import config_files, training, visualize
+from catkd_jax.console import format_table
 from catkd_jax.data import DataSource, create_source
 
 
 def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
-    """A copy of `config` with dotted fields changed, e.g. `{"student.arch": "resnet8"}`."""
-    variant = copy.deepcopy(config)
-    with variant.unlocked():
-        variant.pipeline = "single"
-        for dotted, value in changes.items():
-            *parents, leaf = dotted.split(".")
-            node = variant
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
-    return variant
+    """A single-process copy of `config` with dotted fields changed, e.g. `{"student.arch": "resnet8"}`."""
+    return config_files.with_values(config, {"pipeline": "single", **changes})
 
 
 def _source_with_boxes(config: ml_collections.ConfigDict) -> DataSource:
@@ -52,7 +43,7 @@ def cam_localization(
 ) -> float:
     """% of test images whose true-class CAM peaks inside the object's box (sources with boxes)."""
     source = _source_with_boxes(config)
-    model, variables, _ = train.load_network(checkpoint, arch, source.num_classes)
+    model, variables, _ = training.load_network(checkpoint, arch, source.num_classes)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[1])
     kernel = variables["params"]["classifier"]["kernel"]
     hits = total = 0
@@ -102,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     rows = []
     for name, (arch, run_dir, run_config) in runs.items():
         print(f"--- {name}: {arch}, {run_config.method}, {run_config.num_epochs} epochs -> {run_dir}")
-        summary = train.train_and_evaluate(run_config, run_dir)
+        summary = training.train_and_evaluate(run_config, run_dir)
         rows.append(dict(
             network=name,
             arch=arch,
@@ -122,11 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'network':<16} {'arch':<10} {'method':<8} {'best acc':>9} {'final acc':>9} {'CAM in box':>10}"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['network']:<16} {row['arch']:<10} {row['method']:<8} {row['best_test_acc']:>8.2f}% "
-            f"{row['final_test_acc']:>8.2f}% {row['cam_localization']:>9.1f}%"
-        )
-    return "\n".join(lines)
+    header = ["network", "arch", "method", "best acc", "final acc", "CAM in box"]
+    return format_table(header, [
+        [row["network"], row["arch"], row["method"], f"{row['best_test_acc']:.2f}%", f"{row['final_test_acc']:.2f}%",
+         f"{row['cam_localization']:.1f}%"] for row in rows])

@@ -13,16 +13,18 @@ order, augmentation and (for generated data sources) data.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import pathlib
 import statistics
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import ml_collections
+import numpy as np
+
+from catkd_jax import config_files, console
 
 # Sweepable: the float fields read inside the train step, whose values can then be traced.
 _SWEEPABLE_SECTIONS = ("optim", "cat_kd", "kd", "dkd")
@@ -132,29 +134,12 @@ def vectorize(config: ml_collections.ConfigDict) -> bool:
     return choice == "vmap"
 
 
-def with_value(config: ml_collections.ConfigDict, field: str, value: Any) -> ml_collections.ConfigDict:
-    """A copy of `config` with `field` (dotted: "seed", "cat_kd.beta") set to `value`.
-
-    `value` may be a tracer: the train step of a sweep reads its swept field from such a copy.
-    """
-    config = copy.deepcopy(config)
-    *parents, name = field.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    with config.ignore_type():
-        node[name] = value
-    return config
-
-
 def run_config(config: ml_collections.ConfigDict, plan: RunPlan, run: Run) -> ml_collections.ConfigDict:
     """The config of `run` as a single run: its seed and swept value, an empty `runs` section."""
-    config = with_value(config, "seed", run.seed)
+    changes = {"seed": run.seed, "runs.seeds": (), "runs.sweep": ""}
     if plan.field is not None:
-        config = with_value(config, plan.field, run.value)
-    config.runs.seeds = ()
-    config.runs.sweep = ""
-    return config
+        changes[plan.field] = run.value
+    return config_files.with_values(config, changes)
 
 
 def summarize(plan: RunPlan, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -203,9 +188,7 @@ def format_table(summary: dict[str, Any]) -> str:
         best, final = summary["best_test_acc"], summary["final_test_acc"]
         lines.append(["mean ± std", "", *([""] if field else []), f"{best['mean']:.2f} ± {best['std']:.2f}", "",
                       f"{final['mean']:.2f} ± {final['std']:.2f}"])
-    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(len(header))]
-    render = lambda cells: "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip()
-    return "\n".join([render(header), "-" * len(render(header)), *map(render, lines)])
+    return console.format_table(header, lines)
 
 
 def write_summary(workdir: pathlib.Path, summary: dict[str, Any]) -> None:
@@ -217,3 +200,23 @@ def run_directories(workdir: pathlib.Path) -> list[pathlib.Path]:
     """The `run_<k>` directories of a multi-run workdir, in run order (empty for a single run)."""
     found = [path for path in workdir.glob("run_*") if path.is_dir() and path.name[4:].isdigit()]
     return sorted(found, key=lambda path: int(path.name[4:]))
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """The runs' pytrees (same structure) as one, each leaf stacked on a leading run axis (numpy)."""
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Run `index`'s pytree from one stacked on a leading run axis."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
+
+
+def stacked_batches(sources: Sequence[Any], batches_of: Callable[[Any], Iterator[dict]]) -> Iterator[dict[str, np.ndarray]]:
+    """`batches_of(source)` of one shared source, or those of one source per run stacked on a
+    leading run axis (`[R, B, ...]`)."""
+    if len(sources) == 1:
+        yield from batches_of(sources[0])
+        return
+    for parts in zip(*(batches_of(source) for source in sources)):
+        yield {key: np.stack([part[key] for part in parts]) for key in parts[0]}

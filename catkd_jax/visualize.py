@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from catkd_jax import losses, methods, train
+from catkd_jax import losses, methods, training
 from catkd_jax.data import DataSource, create_source
 
 DPI = 100
@@ -397,9 +397,9 @@ def network_outputs(
 ) -> tuple[str, tuple[jax.Array, jax.Array, jax.Array]]:
     """`(arch, (logits, features, kernel))` of the network saved at `checkpoint`, in inference mode.
 
-    `arch` is only used for a `.pth` (see `train.load_network`).
+    `arch` is only used for a `.pth` (see `training.load_network`).
     """
-    model, variables, info = train.load_network(checkpoint, arch, num_classes, dtype)
+    model, variables, info = training.load_network(checkpoint, arch, num_classes, dtype)
     logits, features = model.apply(variables, jnp.asarray(images), train=False)
     return info["arch"], (logits, features, variables["params"]["classifier"]["kernel"])
 
@@ -424,7 +424,7 @@ def visualize(
     source = create_source(config)
     batch = first_test_examples(source, num_images)
     images, num_classes = batch["image"], source.num_classes
-    dtype = train.activation_dtype(config)
+    dtype = training.activation_dtype(config)
 
     networks = {}
     teacher_path = config.teacher.checkpoint

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints, convert
+from catkd_jax.convert import cli as convert_cli
 from catkd_jax.models import create_model
 from conftest import shared_path
 from test_models import ARCHS
@@ -126,11 +127,11 @@ def test_missing_and_mis_shaped_keys_are_each_listed():
 def test_cli_writes_a_model_directory_that_loads_back(tmp_path):
     checkpoint, reference = _parity_files("resnet8")
     output = tmp_path / "teacher"
-    convert.main(["--arch", "res8", "--checkpoint", str(checkpoint), "--output", str(output)])
+    convert_cli.main(["--arch", "res8", "--checkpoint", str(checkpoint), "--output", str(output)])
     variables, info = checkpoints.load_model(output)
     assert info["arch"] == "resnet8" and info["num_classes"] == 100
     logits, _ = create_model(info["arch"]).apply(variables, jnp.asarray(reference["images_nhwc"]), train=False)
     np.testing.assert_allclose(logits, reference["logits"], rtol=1e-4, atol=1e-4 * np.abs(reference["logits"]).max())
     with pytest.raises(FileExistsError, match="already exists"):
-        convert.main(["--arch", "resnet8", "--checkpoint", str(checkpoint), "--output", str(output)])
+        convert_cli.main(["--arch", "resnet8", "--checkpoint", str(checkpoint), "--output", str(output)])
     assert not list(tmp_path.glob(".teacher.partial-*")), "no staging directory left behind"

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import train
+from catkd_jax import training
 from catkd_jax.models import create_model, folding
 from catkd_jax import default_config as default
 
@@ -44,7 +44,7 @@ def _count_norms(variables) -> int:
 )
 def test_folded_network_computes_the_same_function(arch, expected_folded, expected_norms):
     model = create_model(arch, num_classes=10)
-    variables = _trained_looking(train.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
+    variables = _trained_looking(training.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
     folded = folding.fold_batch_norm(model, variables, IMAGE_SHAPE)
     assert _count_norms(variables) == expected_norms
     assert _count_norms(variables) - _count_norms(folded) == expected_folded
@@ -61,7 +61,7 @@ def test_folded_network_computes_the_same_function(arch, expected_folded, expect
 
 def test_folding_changes_only_the_paired_convolutions():
     model = create_model("resnet8", num_classes=10)
-    variables = _trained_looking(train.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
+    variables = _trained_looking(training.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
     pairs = folding.conv_batch_norm_pairs(model, variables, IMAGE_SHAPE)
     assert (("conv1",), ("bn1",)) in pairs
     assert (("layer2.0", "downsample.0"), ("layer2.0", "downsample.1")) in pairs
@@ -80,17 +80,17 @@ def test_train_step_with_a_folded_teacher_matches_the_unfolded_one():
     config = default.get_config()
     config.student.arch, config.teacher.arch = "resnet8", "resnet14"
     student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet14", 10)
-    teacher_variables = _trained_looking(train.initialize(teacher, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
-    student_variables = train.initialize(student, jax.random.key(2), IMAGE_SHAPE)
-    tx = train.create_optimizer(config, steps_per_epoch=10)
+    teacher_variables = _trained_looking(training.initialize(teacher, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
+    student_variables = training.initialize(student, jax.random.key(2), IMAGE_SHAPE)
+    tx = training.create_optimizer(config, steps_per_epoch=10)
     batch = {"image": jax.random.normal(jax.random.key(3), (8, *IMAGE_SHAPE)), "label": jnp.arange(8) % 10}
     losses = {}
     for fold in (True, False):
         config.teacher.fold_batch_norm = fold
-        state = train.TrainState(jnp.zeros((), jnp.int32), student_variables["params"],
+        state = training.TrainState(jnp.zeros((), jnp.int32), student_variables["params"],
                                  student_variables["batch_stats"], tx.init(student_variables["params"]))
-        step = jax.jit(train.make_train_step(config, student, teacher, tx, steps_per_epoch=10))
-        inference = train.teacher_inference_variables(config, teacher, teacher_variables, IMAGE_SHAPE)
+        step = jax.jit(training.make_train_step(config, student, teacher, tx, steps_per_epoch=10))
+        inference = training.teacher_inference_variables(config, teacher, teacher_variables, IMAGE_SHAPE)
         _, metrics = step(state, batch, inference)
         losses[fold] = {name: float(value) for name, value in metrics.items()}
     assert losses[True]["loss_cat"] > 0

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import config_files, convert, train
+from catkd_jax import config_files, convert, training
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT
 from test_data import _write_imagenet_folder
@@ -26,7 +26,7 @@ def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_term
     _write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
     config = config_files.load_config(REPO_ROOT / "configs" / config_file)
     teacher = create_model(config.teacher.arch, num_classes=8)
-    variables = train.initialize(teacher, jax.random.key(0), (64, 64, 3))
+    variables = training.initialize(teacher, jax.random.key(0), (64, 64, 3))
     teacher_pth = tmp_path / "teacher.pth"  # a bare state dict, as torchvision publishes them
     state_dict = convert.to_torch_state_dict(variables, config.teacher.arch)
     torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, teacher_pth)
@@ -35,7 +35,7 @@ def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_term
     config.batch_size = config.eval_batch_size = 4
     config.num_epochs = 1
     config.teacher.checkpoint = str(teacher_pth)
-    train.train_and_evaluate(config, tmp_path / "run")
+    training.train_and_evaluate(config, tmp_path / "run")
 
     (record,) = read_metrics(tmp_path / "run")
     assert method_terms <= set(record) and np.isfinite(record["train_loss"])

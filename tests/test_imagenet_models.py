@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints, convert
+from catkd_jax.convert import cli as convert_cli
 from catkd_jax.models import create_model
 from test_models import IMAGENET_ARCHS
 
@@ -70,7 +71,7 @@ def test_resnet18_layout_has_torchvision_key_names():
         "fc.bias": (1000,),
     }
     for key, shape in sample.items():
-        assert convert._torch_shape(layout[key].shape) == shape, key
+        assert convert.torch_shape(layout[key].shape) == shape, key
     assert "layer1.0.downsample.0.weight" not in layout  # 64 -> 64 planes, stride 1: identity
     exported = convert.to_torch_state_dict(_random_variables("imagenet_resnet18"), "imagenet_resnet18")
     assert len(exported) == STATE_DICT_SIZES["imagenet_resnet18"]
@@ -90,7 +91,7 @@ def test_mobilenet_v1_layout_has_mdistiller_key_names():
         "fc.bias": (1000,),
     }
     for key, shape in sample.items():
-        assert convert._torch_shape(layout[key].shape) == shape, key
+        assert convert.torch_shape(layout[key].shape) == shape, key
 
 
 @pytest.mark.parametrize("arch", IMAGENET_ARCHS)
@@ -136,7 +137,7 @@ def test_cli_reads_a_bare_state_dict_and_infers_the_class_count(tmp_path):
     reference = _torch_reference(torch, "imagenet_mobilenet_v1", num_classes=10)
     path = tmp_path / "mobilenet_v1.pth"
     torch.save(reference.state_dict(), path)  # as torchvision publishes: no {"model": ...}
-    convert.main(["--arch", "MobileNetV1", "--checkpoint", str(path), "--output", str(tmp_path / "out")])
+    convert_cli.main(["--arch", "MobileNetV1", "--checkpoint", str(path), "--output", str(tmp_path / "out")])
     variables, info = checkpoints.load_model(tmp_path / "out")
     assert info == {**info, "arch": "imagenet_mobilenet_v1", "num_classes": 10}
     expected = convert.from_torch_state_dict(reference.state_dict(), "imagenet_mobilenet_v1", 10)

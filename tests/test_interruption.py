@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, interruption, train
+from catkd_jax import checkpoints, interruption, training
 from conftest import REPO_ROOT
 from signalling import signal_at_step
 from test_train import read_metrics, timeless_metrics, tiny_config
@@ -33,7 +33,7 @@ def _assert_same_run(resumed, uninterrupted) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    train.train_and_evaluate(tiny_config(num_epochs=2), workdir)
+    training.train_and_evaluate(tiny_config(num_epochs=2), workdir)
     return workdir
 
 
@@ -44,7 +44,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
     with monkeypatch.context() as patch:
         signal_at_step(patch.setattr, STEPS_PER_EPOCH + 2, signum)
         with pytest.raises(interruption.Interrupted) as stopped:
-            train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+            training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
     step = STEPS_PER_EPOCH + 2
     assert str(stopped.value) == (f"interrupted at epoch 2, step {step}: checkpoint saved; "
                                   "run the same command to resume")
@@ -54,7 +54,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
     assert (meta["epoch"], meta["step"], meta["epoch_step"]) == (2, step, step - STEPS_PER_EPOCH)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
 
-    train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)  # the same command again
+    training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)  # the same command again
     _assert_same_run(tmp_path, uninterrupted)
 
 
@@ -62,31 +62,31 @@ def test_a_signal_in_the_last_step_of_an_epoch_saves_the_evaluated_epoch(uninter
     with monkeypatch.context() as patch:
         signal_at_step(patch.setattr, STEPS_PER_EPOCH, signal.SIGTERM)
         with pytest.raises(interruption.Interrupted, match="at epoch 1, step 4:"):
-            train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+            training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
     _, meta = checkpoints.load_variables(tmp_path)
     assert (meta["epoch"], meta["step"]) == (1, 4) and "epoch_step" not in meta
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
-    train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+    training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
     _assert_same_run(tmp_path, uninterrupted)
 
 
 def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
     signal_at_step(monkeypatch.setattr, 2, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
-        train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
+        training.train_and_evaluate(tiny_config(num_epochs=1), tmp_path)
 
 
 def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_path, monkeypatch):
     config = lambda: tiny_config(num_epochs=1, runs__seeds=(0, 1))
-    train.train_and_evaluate(config(), tmp_path / "uninterrupted")
+    training.train_and_evaluate(config(), tmp_path / "uninterrupted")
     with monkeypatch.context() as patch:
         signal_at_step(patch.setattr, 3, signal.SIGTERM)
         with pytest.raises(interruption.Interrupted, match="at epoch 1, step 3:"):
-            train.train_and_evaluate(config(), tmp_path / "resumed")
+            training.train_and_evaluate(config(), tmp_path / "resumed")
     for run in ("run_0", "run_1"):
         _, meta = checkpoints.load_variables(tmp_path / "resumed" / run)
         assert (meta["step"], meta["epoch_step"]) == (3, 3)
-    train.train_and_evaluate(config(), tmp_path / "resumed")
+    training.train_and_evaluate(config(), tmp_path / "resumed")
     _assert_same_run(tmp_path / "resumed", tmp_path / "uninterrupted")
     summary = lambda path: json.loads((path / "summary.json").read_text())
     assert summary(tmp_path / "resumed") == summary(tmp_path / "uninterrupted")

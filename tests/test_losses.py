@@ -115,18 +115,66 @@ def test_binarized_cams_are_zero_one_at_the_mean_absolute_threshold():
     assert 0 < binary.sum() < binary.size
 
 
-def test_binarize_changes_the_loss_only_through_the_teacher():
-    problem = _random_problem()
-    cams = losses.class_activation_maps(problem["teacher_features"], problem["teacher_kernel"])
-    expected = jnp.mean(
-        jnp.square(
-            losses.adaptive_avg_pool(
-                losses.class_activation_maps(problem["student_features"], problem["student_kernel"]), 2
-            )
-            - losses.adaptive_avg_pool(losses.binarize_cams(cams), 2)
-        )
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize(
+    "student_size, teacher_size, resolution",
+    [(4, 8, 2), (5, 7, 3), (7, 6, 4), (2, 7, 4)],  # even bins, uneven overlapping bins, upsampling
+)
+def test_binarize_changes_the_loss_only_through_the_teacher(student_size, teacher_size, resolution, normalize):
+    # The expectation is plain float64 numpy written out here, not catkd_jax.losses' helpers.
+    rng = np.random.default_rng(6)
+    n, classes = 3, 5
+    student_features = rng.normal(size=(n, student_size, student_size, 6)).astype(np.float32)
+    student_kernel = rng.normal(size=(6, classes)).astype(np.float32)
+    teacher_features = rng.normal(size=(n, teacher_size, teacher_size, 7)).astype(np.float32)
+    teacher_kernel = rng.normal(size=(7, classes)).astype(np.float32)
+
+    def cams(features, kernel):  # [N, H, W, K] x [K, C] -> [N, H, W, C], no bias
+        n_, h, w, k = features.shape
+        flat = features.astype(np.float64).reshape(n_ * h * w, k) @ kernel.astype(np.float64)
+        return flat.reshape(n_, h, w, kernel.shape[1])
+
+    def binary(maps):  # 1 where a map exceeds its mean |value| over space
+        threshold = np.abs(maps).sum(axis=(1, 2), keepdims=True) / (maps.shape[1] * maps.shape[2])
+        return (maps > threshold).astype(np.float64)
+
+    def pool(maps, r):  # torch adaptive_avg_pool2d: bin i spans floor(i*H/r) .. ceil((i+1)*H/r) - 1
+        n_, h, w, c = maps.shape
+        out = np.zeros((n_, r, r, c))
+        for i in range(r):
+            top, bottom = math.floor(i * h / r), math.ceil((i + 1) * h / r)
+            for j in range(r):
+                left, right = math.floor(j * w / r), math.ceil((j + 1) * w / r)
+                total = np.zeros((n_, c))
+                for y in range(top, bottom):
+                    for x in range(left, right):
+                        total += maps[:, y, x, :]
+                out[:, i, j, :] = total / ((bottom - top) * (right - left))
+        return out
+
+    def unit(maps):  # F.normalize over the spatial positions of each [n, :, :, c] map
+        norm = np.sqrt(np.square(maps).sum(axis=(1, 2), keepdims=True))
+        return maps / np.maximum(norm, 1e-12)
+
+    def expected_loss(student_maps, teacher_maps):
+        student_maps, teacher_maps = pool(student_maps, resolution), pool(teacher_maps, resolution)
+        if normalize:
+            student_maps, teacher_maps = unit(student_maps), unit(teacher_maps)
+        return float(np.mean(np.square(student_maps - teacher_maps)))
+
+    student_cams = cams(student_features, student_kernel)
+    teacher_cams = cams(teacher_features, teacher_kernel)
+    expected = expected_loss(student_cams, binary(teacher_cams))
+    loss = losses.cat_loss(
+        student_features, student_kernel, teacher_features, teacher_kernel,
+        resolution=resolution, normalize=normalize, binarize=True,
     )
-    np.testing.assert_allclose(losses.cat_loss(**problem, binarize=True), expected, rtol=1e-6)
+    assert loss.dtype == jnp.float32
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    # The expectation tells the alternatives apart: without binarising, or binarising the
+    # student too, the loss would be different.
+    assert expected != pytest.approx(expected_loss(student_cams, teacher_cams), rel=1e-2)
+    assert expected != pytest.approx(expected_loss(binary(student_cams), binary(teacher_cams)), rel=1e-2)
 
 
 def test_all_true_class_mask_equals_no_mask():

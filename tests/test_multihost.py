@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, train
+from catkd_jax import checkpoints, training
 from conftest import REPO_ROOT
 from test_interruption import TESTS_ON_PATH, driver_command
 from test_train import timeless_metrics, tiny_config
@@ -31,7 +31,7 @@ DEADLINE = 90  # seconds for any one job
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
-    train.train_and_evaluate(tiny_config(), workdir)
+    training.train_and_evaluate(tiny_config(), workdir)
     return workdir
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import probe, train
+from catkd_jax import probe, training
 from catkd_jax.data import ArraySource, create_source, reduce_training_set
 from catkd_jax.models import create_model
 from catkd_jax.models.layers import global_avg_pool
@@ -114,7 +114,7 @@ def test_probe_refuses_labels_outside_the_classes():
 
 def test_extract_features_are_the_pooled_features_the_classifier_sees():
     model = create_model("resnet8", 10, jnp.float32, True)
-    variables = train.initialize(model, jax.random.key(0), (32, 32, 3))
+    variables = training.initialize(model, jax.random.key(0), (32, 32, 3))
     # Running statistics away from (0, 1), so inference mode differs from training mode.
     variables = jax.tree_util.tree_map_with_path(
         lambda path, x: x + 0.3 if "mean" in jax.tree_util.keystr(path) else x, variables)
@@ -226,7 +226,7 @@ _CLI_SCRIPT = textwrap.dedent(
 
 def test_probe_of_a_trained_student_end_to_end_and_through_main(tmp_path, capsys):
     student_dir = tmp_path / "student"
-    train.train_and_evaluate(tiny_config(), student_dir)
+    training.train_and_evaluate(tiny_config(), student_dir)
     capsys.readouterr()
     config = tiny_config(**_PROBE_OVERRIDES)
     result = probe.run(config, student_dir, tmp_path / "probe")
@@ -261,7 +261,7 @@ def test_probe_of_a_cifar_student_on_stl10_mock_data(tmp_path, capsys):
     import tensorflow_datasets as tfds
 
     student_dir = tmp_path / "student"
-    train.train_and_evaluate(tiny_config(), student_dir)  # a CIFAR-10-sized student
+    training.train_and_evaluate(tiny_config(), student_dir)  # a CIFAR-10-sized student
     config = tiny_config(probe__epochs=2, probe__decay_epochs=(1,), probe__batch_size=16)
     assert (config.probe.data.source, config.probe.data.name, config.probe.data.image_size) == ("tfds", "stl10", 32)
     with tfds.testing.mock_data(num_examples=48):

@@ -6,19 +6,12 @@ import json
 
 import pytest
 
-from catkd_jax import config_files, quickstart, train
+from catkd_jax import config_files, quickstart, training
 from conftest import REPO_ROOT
 
 
 def shapes_config(**changes):
-    config = config_files.load_config(REPO_ROOT / "configs" / "quickstart.py")
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return config_files.with_values(config_files.load_config(REPO_ROOT / "configs" / "quickstart.py"), changes)
 
 
 def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
@@ -29,7 +22,7 @@ def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
         "data.synthetic_train_size": 1500, "data.synthetic_test_size": 300, "num_epochs": 6,
         "optim.decay_epochs": (5,),
     })
-    summary = train.train_and_evaluate(config, tmp_path)
+    summary = training.train_and_evaluate(config, tmp_path)
     assert summary["final_test_acc"] > 80.0
     assert quickstart.cam_localization(config, tmp_path, "resnet14") >= 70.0
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, record, train
+from catkd_jax import checkpoints, record, training
 from catkd_jax.console import UserError
 from test_train import read_metrics, timeless_metrics, tiny_config
 
@@ -29,7 +29,7 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def complete_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("complete")
-    train.train_and_evaluate(_config(), workdir)
+    training.train_and_evaluate(_config(), workdir)
     assert _steps(workdir) == [4, 8, 12]
     return workdir
 
@@ -48,7 +48,7 @@ def _killed_after(complete_run: pathlib.Path, step: int, target: pathlib.Path) -
 
 
 def _assert_finishes_like(workdir: pathlib.Path, complete_run: pathlib.Path) -> None:
-    train.train_and_evaluate(_config(), workdir)
+    training.train_and_evaluate(_config(), workdir)
     a, _ = checkpoints.load_variables(complete_run)
     b, _ = checkpoints.load_variables(workdir)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
@@ -103,7 +103,7 @@ def test_no_readable_step_is_one_error_naming_what_to_delete(complete_run, tmp_p
     _largest_file(workdir / "checkpoints" / "4" / "state").unlink()
     before = _snapshot(workdir)
     with pytest.raises(UserError) as error:
-        train.train_and_evaluate(_config(), workdir)
+        training.train_and_evaluate(_config(), workdir)
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"no checkpoint in {workdir / 'checkpoints'} can be read (step 4: ")
@@ -121,7 +121,7 @@ def test_a_resume_with_a_result_changing_field_is_refused_and_changes_nothing(co
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
     before = _snapshot(workdir)
     with pytest.raises(UserError) as error:
-        train.train_and_evaluate(_config(optim__lr=0.1, cat_kd__beta=5.0), workdir)
+        training.train_and_evaluate(_config(optim__lr=0.1, cat_kd__beta=5.0), workdir)
     assert str(error.value) == (
         f"{workdir} holds a run made with another config (cat_kd.beta 15.0 -> 5.0, optim.lr 0.05 -> 0.1); "
         "resume with the recorded values, start a new --workdir, or accept the change with "
@@ -132,7 +132,7 @@ def test_a_resume_with_a_result_changing_field_is_refused_and_changes_nothing(co
 
 def test_an_allowed_change_is_applied_and_logged(complete_run, tmp_path):
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
-    train.train_and_evaluate(_config(optim__lr=0.1), workdir, allow_changes=("optim.lr",))
+    training.train_and_evaluate(_config(optim__lr=0.1), workdir, allow_changes=("optim.lr",))
     changes = [json.loads(line) for line in (workdir / record.CHANGES_FILE).read_text().splitlines()]
     assert [(c["field"], c["recorded"], c["now"]) for c in changes] == [("optim.lr", 0.05, 0.1)]
     assert json.loads((workdir / record.CONFIG_FILE).read_text())["optim"]["lr"] == 0.1
@@ -143,7 +143,7 @@ def test_an_allowed_change_is_applied_and_logged(complete_run, tmp_path):
 def test_fields_that_cannot_change_results_may_change(complete_run, tmp_path):
     workdir = _killed_after(complete_run, 12, tmp_path / "run")
     config = _config(num_epochs=4, eval_batch_size=8, checkpoint__every_epochs=2, checkpoint__keep=3)
-    train.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
     assert [r["epoch"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
     assert not (workdir / record.CHANGES_FILE).exists()
     assert json.loads((workdir / record.CONFIG_FILE).read_text())["num_epochs"] == 4
@@ -158,8 +158,8 @@ def test_a_start_that_fails_validation_never_touches_the_workdir(overrides, mess
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
     before = _snapshot(workdir)
     with pytest.raises((ValueError, KeyError, UserError), match=message):
-        train.train_and_evaluate(_config(**overrides), workdir)
+        training.train_and_evaluate(_config(**overrides), workdir)
     assert _snapshot(workdir) == before
     with pytest.raises((ValueError, KeyError, UserError), match=message):
-        train.train_and_evaluate(_config(**overrides), tmp_path / "new")
+        training.train_and_evaluate(_config(**overrides), tmp_path / "new")
     assert not (tmp_path / "new").exists()

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, runs, train
+from catkd_jax import checkpoints, runs, training
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT
 from test_train import read_metrics, tiny_config
@@ -37,7 +37,7 @@ def assert_same_runs(single_dir, run_dir, keys=COMPARED):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
-    train.train_and_evaluate(tiny_config(), workdir)
+    training.train_and_evaluate(tiny_config(), workdir)
     return workdir
 
 
@@ -93,8 +93,8 @@ def test_repeated_seed_is_refused():
 @pytest.mark.parametrize("vectorize", ["unroll", "vmap"])
 def test_two_seeds_in_one_program_equal_two_single_runs(vectorize, tmp_path):
     for seed in (0, 1):
-        train.train_and_evaluate(tiny_config(num_epochs=2, seed=seed), tmp_path / f"single{seed}")
-    summary = train.train_and_evaluate(
+        training.train_and_evaluate(tiny_config(num_epochs=2, seed=seed), tmp_path / f"single{seed}")
+    summary = training.train_and_evaluate(
         tiny_config(num_epochs=2, runs__seeds=(0, 1), runs__vectorize=vectorize), tmp_path / "multi"
     )
     for k, seed in enumerate((0, 1)):
@@ -118,8 +118,8 @@ def test_sweep_equals_single_runs_with_each_value_and_shares_the_teacher(teacher
     overrides = dict(num_epochs=1, method="cat_kd", student__classifier_bias=False,
                      teacher__checkpoint=str(teacher_dir))
     for beta in (1.0, 4.0):
-        train.train_and_evaluate(tiny_config(cat_kd__beta=beta, **overrides), tmp_path / f"beta{beta:g}")
-    summary = train.train_and_evaluate(tiny_config(runs__sweep="cat_kd.beta=1,4", **overrides), tmp_path / "sweep")
+        training.train_and_evaluate(tiny_config(cat_kd__beta=beta, **overrides), tmp_path / f"beta{beta:g}")
+    summary = training.train_and_evaluate(tiny_config(runs__sweep="cat_kd.beta=1,4", **overrides), tmp_path / "sweep")
     keys = (*COMPARED, "train_loss_cat", "train_loss_ce")
     assert_same_runs(tmp_path / "beta1", tmp_path / "sweep" / "run_0", keys)
     assert_same_runs(tmp_path / "beta4", tmp_path / "sweep" / "run_1", keys)
@@ -131,10 +131,10 @@ def test_shared_inputs_run_the_teacher_once(vectorize):
     """A sweep's compiled step costs the teacher's forward pass less than a seeds' step."""
     config = tiny_config(method="cat_kd")
     student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet56", 10)
-    teacher_variables = train.initialize(teacher, jax.random.key(0), (32, 32, 3))
-    variables = train.initialize(student, jax.random.key(1), (32, 32, 3))
-    state = train.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                             train.create_optimizer(config, 4).init(variables["params"]))
+    teacher_variables = training.initialize(teacher, jax.random.key(0), (32, 32, 3))
+    variables = training.initialize(student, jax.random.key(1), (32, 32, 3))
+    state = training.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                             training.create_optimizer(config, 4).init(variables["params"]))
     stacked = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf, leaf]), state)
     image = jnp.zeros((16, 32, 32, 3))
     batch = {"image": image, "label": jnp.zeros((16,), jnp.int32)}
@@ -142,7 +142,7 @@ def test_shared_inputs_run_the_teacher_once(vectorize):
     for name, overrides in (("sweep", dict(runs__sweep="cat_kd.beta=1,2")), ("seeds", dict(runs__seeds=(0, 1)))):
         plan = runs.plan_runs(tiny_config(method="cat_kd", **overrides))
         step_batch = batch if plan.shared_inputs else jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), batch)
-        step = train.make_multi_run_step(config, student, teacher, 4, plan, vectorize)
+        step = training.make_multi_run_step(config, student, teacher, 4, plan, vectorize)
         lowered = jax.jit(step).lower(stacked, step_batch, teacher_variables, jnp.asarray(plan.values()))
         flops[name] = lowered.cost_analysis()["flops"]
     forward = jax.jit(lambda v, x: teacher.apply(v, x, train=False)).lower(teacher_variables, image)
@@ -151,7 +151,7 @@ def test_shared_inputs_run_the_teacher_once(vectorize):
 
 
 def test_a_diverging_run_stops_alone(tmp_path):
-    summary = train.train_and_evaluate(
+    summary = training.train_and_evaluate(
         tiny_config(num_epochs=2, optim__decay_epochs=(), runs__sweep="optim.lr=0.05,1e30"), tmp_path
     )
     good, bad = summary["runs"]
@@ -164,9 +164,9 @@ def test_a_diverging_run_stops_alone(tmp_path):
 
 def test_multi_run_resume_is_bit_identical(tmp_path):
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    train.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), uninterrupted)
-    train.train_and_evaluate(tiny_config(num_epochs=1, runs__seeds=(0, 1)), interrupted)
-    train.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), interrupted)
+    training.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), uninterrupted)
+    training.train_and_evaluate(tiny_config(num_epochs=1, runs__seeds=(0, 1)), interrupted)
+    training.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), interrupted)
     for k in (0, 1):
         a, _ = checkpoints.load_variables(uninterrupted / f"run_{k}")
         b, _ = checkpoints.load_variables(interrupted / f"run_{k}")
@@ -178,15 +178,15 @@ def test_multi_run_resume_is_bit_identical(tmp_path):
 
 
 def test_eval_of_a_multi_run_workdir_evaluates_every_run(tmp_path, capsys):
-    train.train_and_evaluate(tiny_config(runs__seeds=(0, 1)), tmp_path)
+    training.train_and_evaluate(tiny_config(runs__seeds=(0, 1)), tmp_path)
     capsys.readouterr()
-    result = train.evaluate(tiny_config(), tmp_path)
+    result = training.evaluate(tiny_config(), tmp_path)
     logged = [read_metrics(tmp_path / f"run_{k}")[-1]["test_acc"] for k in (0, 1)]
     assert [r["test_acc"] for r in result["runs"]] == pytest.approx(logged, abs=1e-9)
     assert result["test_acc"]["mean"] == pytest.approx(np.mean(logged))
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[0].startswith("run_0: top1 ") and printed[-1].startswith("mean ± std over 2 runs: top1 ")
-    one = train.evaluate(tiny_config(), tmp_path / "run_1")  # one run, on its own seed's data
+    one = training.evaluate(tiny_config(), tmp_path / "run_1")  # one run, on its own seed's data
     assert one["test_acc"] == pytest.approx(logged[1], abs=1e-9)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from catkd_jax import checkpoints, convert, train
+from catkd_jax import checkpoints, config_files, convert, runs, training
+from catkd_jax.models import create_model
 from catkd_jax import default_config as default
 from conftest import REPO_ROOT
 
@@ -36,13 +37,7 @@ def tiny_config(**overrides):
     config.num_epochs = 1
     config.optim.lr = 0.05
     config.checkpoint.every_epochs = 1
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split("__")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return config_files.with_values(config, {name.replace("__", "."): value for name, value in overrides.items()})
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -57,7 +52,7 @@ def timeless_metrics(workdir) -> list[dict]:
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
-    train.train_and_evaluate(tiny_config(), workdir)
+    training.train_and_evaluate(tiny_config(), workdir)
     return workdir
 
 
@@ -75,7 +70,7 @@ def test_each_method_trains_logs_and_checkpoints(method, terms, teacher_dir, tmp
     if method == "cat_kd":
         config.student.classifier_bias = False
         config.cat_kd.num_cams = 3
-    summary = train.train_and_evaluate(config, tmp_path)
+    summary = training.train_and_evaluate(config, tmp_path)
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
@@ -93,7 +88,7 @@ def test_each_method_trains_logs_and_checkpoints(method, terms, teacher_dir, tmp
 def test_learning_rate_is_constant_within_epochs_and_decays_after_listed_epochs():
     config = tiny_config()
     config.optim.lr, config.optim.decay_epochs, config.optim.decay_rate = 0.1, (2, 3), 0.5
-    schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+    schedule = training.learning_rate_schedule(config, steps_per_epoch=10)
     # Epoch e (1-based) runs steps 10(e-1) .. 10e-1.
     for step, lr in [(0, 0.1), (19, 0.1), (20, 0.05), (29, 0.05), (30, 0.025), (99, 0.025)]:
         assert float(schedule(step)) == pytest.approx(lr), step
@@ -101,16 +96,16 @@ def test_learning_rate_is_constant_within_epochs_and_decays_after_listed_epochs(
 
 def test_learning_rate_scales_linearly_with_the_batch_when_asked():
     config = tiny_config(optim__lr=0.2, optim__decay_epochs=(), batch_size=128)
-    assert float(train.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.2)
+    assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.2)
     config.optim.lr_batch_size = 512  # 0.2 is the rate of a batch of 512
-    assert float(train.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)
+    assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)
 
 
 def test_optimizer_matches_torch_sgd_with_weight_decay_and_momentum():
     torch = pytest.importorskip("torch")
     config = tiny_config()
     config.optim.lr, config.optim.weight_decay, config.optim.decay_epochs = 0.1, 0.01, (1,)
-    tx = train.create_optimizer(config, steps_per_epoch=2)
+    tx = training.create_optimizer(config, steps_per_epoch=2)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)}
     weight = torch.nn.Parameter(torch.tensor(np.asarray(params["w"])))
@@ -129,9 +124,9 @@ def test_optimizer_matches_torch_sgd_with_weight_decay_and_momentum():
 
 def test_resume_after_interruption_is_bit_identical(tmp_path):
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    train.train_and_evaluate(tiny_config(num_epochs=2), uninterrupted)
-    train.train_and_evaluate(tiny_config(num_epochs=1), interrupted)  # "killed" after epoch 1
-    train.train_and_evaluate(tiny_config(num_epochs=2), interrupted)  # the same command again
+    training.train_and_evaluate(tiny_config(num_epochs=2), uninterrupted)
+    training.train_and_evaluate(tiny_config(num_epochs=1), interrupted)  # "killed" after epoch 1
+    training.train_and_evaluate(tiny_config(num_epochs=2), interrupted)  # the same command again
     a, _ = checkpoints.load_variables(uninterrupted)
     b, _ = checkpoints.load_variables(interrupted)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
@@ -140,7 +135,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
 
 
 def test_eval_from_checkpoint_equals_last_logged_accuracy(teacher_dir, capsys):
-    result = train.evaluate(tiny_config(), teacher_dir)
+    result = training.evaluate(tiny_config(), teacher_dir)
     last = read_metrics(teacher_dir)[-1]
     assert result["test_count"] == 40
     assert result["test_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
@@ -157,7 +152,7 @@ def test_published_pth_teacher_is_accepted(teacher_dir, tmp_path):
     pth = tmp_path / "teacher.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in convert.to_torch_state_dict(variables, "resnet8").items()}}, pth)
     config = tiny_config(method="kd", teacher__checkpoint=str(pth))
-    train.train_and_evaluate(config, tmp_path / "student")
+    training.train_and_evaluate(config, tmp_path / "student")
     assert len(read_metrics(tmp_path / "student")) == 1
 
 
@@ -165,7 +160,7 @@ def test_teacher_is_trained_when_missing(tmp_path):
     config = tiny_config(method="cat_kd", teacher__train_if_missing=True, teacher__num_epochs=1)
     config.teacher.config = str(REPO_ROOT / "configs" / "cifar100_teacher_resnet56.py")
     config.teacher.arch = "resnet8"
-    train.train_and_evaluate(config, tmp_path)
+    training.train_and_evaluate(config, tmp_path)
     teacher_info = json.loads((tmp_path / "teacher" / "config.json").read_text())
     assert teacher_info["method"] == "vanilla" and teacher_info["student"]["arch"] == "resnet8"
     assert teacher_info["data"]["source"] == "synthetic"
@@ -174,10 +169,10 @@ def test_teacher_is_trained_when_missing(tmp_path):
 
 def test_mismatched_teacher_is_refused_naming_both(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match=r"arch 'resnet8' but the config asks for 'resnet20'"):
-        train.train_and_evaluate(tiny_config(method="kd", teacher__arch="resnet20",
+        training.train_and_evaluate(tiny_config(method="kd", teacher__arch="resnet20",
                                              teacher__checkpoint=str(teacher_dir)), tmp_path / "a")
     with pytest.raises(ValueError, match=r"num_classes 10 but the config asks for 100"):
-        train.train_and_evaluate(tiny_config(method="kd", data__name="cifar100",
+        training.train_and_evaluate(tiny_config(method="kd", data__name="cifar100",
                                              teacher__checkpoint=str(teacher_dir)), tmp_path / "b")
 
 
@@ -192,14 +187,14 @@ def test_mismatched_teacher_is_refused_naming_both(teacher_dir, tmp_path):
 )
 def test_config_errors_are_clear(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        train.train_and_evaluate(tiny_config(**overrides), tmp_path)
+        training.train_and_evaluate(tiny_config(**overrides), tmp_path)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train.train_and_evaluate(tiny_config(), tmp_path)
+    training.train_and_evaluate(tiny_config(), tmp_path)
     good, _ = checkpoints.load_variables(tmp_path)
     with pytest.raises(FloatingPointError, match="last good checkpoint is kept"):
-        train.train_and_evaluate(tiny_config(num_epochs=2, optim__lr=1e30, optim__decay_epochs=()), tmp_path,
+        training.train_and_evaluate(tiny_config(num_epochs=2, optim__lr=1e30, optim__decay_epochs=()), tmp_path,
                                  allow_changes=("optim.lr", "optim.decay_epochs"))
     kept, info = checkpoints.load_variables(tmp_path)
     assert info["epoch"] == 1
@@ -210,11 +205,11 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax
     from test_train import tiny_config
-    from catkd_jax import train
+    from catkd_jax import training
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == {devices}, jax.devices()
     # Two steps: float differences of the cross-device reductions then stay below 1e-5.
-    train.train_and_evaluate(tiny_config(num_epochs=1, method="cat_kd", teacher__checkpoint={teacher!r},
+    training.train_and_evaluate(tiny_config(num_epochs=1, method="cat_kd", teacher__checkpoint={teacher!r},
                                          student__classifier_bias=False, data__synthetic_train_size=32),
                              {workdir!r})
     """
@@ -237,18 +232,18 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
 
 def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tmp_path):
     config = tiny_config(student__init_checkpoint=str(teacher_dir))  # a resnet8 with a biased classifier
-    plan = train.runs.plan_runs(config)
-    student = train.create_model("resnet8", 10, jnp.float32, True)
-    state = train.initial_states(student, plan, [config], (32, 32, 3), steps_per_epoch=4,
-                                 weights=train.initial_weights(config, student, (32, 32, 3)))
+    plan = runs.plan_runs(config)
+    student = create_model("resnet8", 10, jnp.float32, True)
+    state = training.initial_states(student, plan, [config], (32, 32, 3), steps_per_epoch=4,
+                                 weights=training.initial_weights(config, student, (32, 32, 3)))
     saved, _ = checkpoints.load_variables(teacher_dir)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[0], b), state.params, saved["params"])
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[0], b), state.batch_stats, saved["batch_stats"])
     assert int(state.step[0]) == 0
-    fresh = train.initial_states(student, plan, [tiny_config()], (32, 32, 3), steps_per_epoch=4)
+    fresh = training.initial_states(student, plan, [tiny_config()], (32, 32, 3), steps_per_epoch=4)
     assert not np.array_equal(fresh.params["classifier"]["kernel"], state.params["classifier"]["kernel"])
 
-    summary = train.train_and_evaluate(config, tmp_path)  # trains on from there
+    summary = training.train_and_evaluate(config, tmp_path)  # trains on from there
     assert summary["best_test_acc"] >= 0 and read_metrics(tmp_path)[0]["epoch"] == 1
 
 
@@ -257,9 +252,9 @@ def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, t
 
     with pytest.raises(UserError, match=r"does not fit the student resnet8 \(classifier_bias=False\).*match "
                                         r"student.classifier_bias"):
-        train.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir),
+        training.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir),
                                              student__classifier_bias=False), tmp_path / "a")
     assert not (tmp_path / "a").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="arch 'resnet8' but the config asks for 'resnet20'"):
-        train.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir), student__arch="resnet20"),
+        training.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir), student__arch="resnet20"),
                                  tmp_path / "b")

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from catkd_jax import train, visualize
+from catkd_jax import training, visualize
 from test_train import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,6 +51,72 @@ def test_cam_figure_is_a_png_of_the_documented_size(tmp_path):
     assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
 
 
+def test_cam_figure_draws_each_hot_spot_where_the_cam_peaks(tmp_path):
+    from matplotlib.image import imread  # pylint: disable=import-outside-toplevel
+
+    cells, pixels = 5, 40  # a 5x5 CAM over 40x40 images: 8 image pixels per cell
+    kernel = np.eye(2, dtype=np.float32)  # the CAM of class c is feature channel c
+
+    def square_panels(rgb):
+        """`(top, left, side, background colour)` of the square single-colour regions, left to right.
+
+        A panel is where its most common colour fills most rows and columns: the CAM over the
+        (black) constant image and the pooled map, which are the figure's last two columns.
+        """
+        colours, inverse, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True,
+                                             return_counts=True)
+        inverse = inverse.reshape(rgb.shape[:2])
+        found = []
+        for index in np.argsort(-counts)[:8]:
+            mask = inverse == index
+            rows = np.flatnonzero(mask.sum(axis=1) >= 0.5 * mask.sum(axis=1).max())
+            cols = np.flatnonzero(mask.sum(axis=0) >= 0.5 * mask.sum(axis=0).max())
+            contiguous = np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+            if contiguous and len(rows) >= 50 and abs(len(rows) - len(cols)) <= 2:
+                found.append((rows[0], cols[0], (len(rows) + len(cols)) / 2, colours[index]))
+        return sorted(found, key=lambda panel: panel[1])
+
+    def drawn_peak(rgb, panel):
+        """Centre `(y, x)` in figure pixels of what differs from the panel's background."""
+        top, left, side, background = panel
+        side_px = int(round(side))
+        region = rgb[top : top + side_px, left : left + side_px]
+        ys, xs = np.nonzero(np.abs(region - background).max(axis=-1) > 16)
+        assert len(ys) > 0, "the panel is blank: nothing of the CAM is drawn"
+        return top + ys.mean() + 0.5, left + xs.mean() + 0.5
+
+    peaks = []
+    for hot in [(1, 3), (3, 1)]:  # transposes of each other, away from the edges
+        features = np.zeros((1, cells, cells, 2), np.float32)
+        features[0, hot[0], hot[1], 0] = 1.0
+        features[0, :, :, 1] = 1.0  # class 1 (not drawn) is flat
+        cam = features[0] @ kernel[:, 0]
+        peak = np.unravel_index(np.argmax(cam), cam.shape)
+        assert peak == hot
+        path = visualize.save_cam_figure(
+            tmp_path / f"hot_{hot[0]}_{hot[1]}.png", np.zeros((1, pixels, pixels, 3)), np.array([0]),
+            ["hot", "flat"], {"net": (np.zeros((1, 2)), features, kernel)},
+            resolution=cells, normalize=False, num_top=0,  # 5 > 4: no values written in the cells
+        )
+        rgb = np.round(imread(path)[..., :3] * 255).astype(np.int64)
+        panels = square_panels(rgb)
+        assert len(panels) >= 2, f"expected the CAM and pooled panels, found {panels}"
+        cam_panel, pooled_panel = panels[-2:]
+        drawn = []
+        for panel in (cam_panel, pooled_panel):
+            top, left, side, _ = panel
+            # The CAM's argmax cell, scaled to the panel: its centre is (i + 0.5) / h of the side.
+            expected = (top + (peak[0] + 0.5) / cells * side, left + (peak[1] + 0.5) / cells * side)
+            got = drawn_peak(rgb, panel)
+            np.testing.assert_allclose(got, expected, atol=2.0, err_msg=f"hot spot {hot}")
+            drawn.append(got)
+        peaks.append(drawn)
+    # Moving the hot spot moves the drawn peak by the two cells it moved, in both panels.
+    for before, after in zip(*peaks):
+        assert after[0] - before[0] > 1.5 * cam_panel[2] / cells
+        assert before[1] - after[1] > 1.5 * cam_panel[2] / cells
+
+
 def test_cam_figure_refuses_mismatched_shapes(tmp_path):
     rng = np.random.default_rng(0)
     networks = {"student": _network(rng, 2, 4, 8, 5)}
@@ -69,7 +135,7 @@ def test_cam_figure_refuses_mismatched_shapes(tmp_path):
 def test_visualize_draws_a_trained_checkpoint(tmp_path, capsys):
     config = tiny_config()
     config.data.synthetic_test_size = 16
-    train.train_and_evaluate(config, tmp_path)
+    training.train_and_evaluate(config, tmp_path)
     path = visualize.visualize(config, tmp_path, tmp_path / "fig", num_images=4)
     assert path == tmp_path / "fig" / "cams.png" and path.is_file()
     width, height = visualize.cam_figure_size(4, 1, 2, resolution=config.cat_kd.resolution,

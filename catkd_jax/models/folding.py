@@ -15,7 +15,6 @@ new bias and the folded BatchNorms skipped.
 from __future__ import annotations
 
 import collections
-from typing import Any
 
 import flax
 import flax.linen as nn
@@ -25,8 +24,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from catkd_jax.models.layers import BatchNorm
+from catkd_jax.types import Variables
 
-Variables = dict[str, Any]
 Path = tuple[str, ...]
 
 _SEPARATOR = "/"  # module names contain dots (PyTorch paths) but never slashes

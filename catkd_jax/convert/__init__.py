@@ -21,10 +21,9 @@ without bias, whose output is pooled into the logits; it imports as a classifier
 kernel and a zero bias (or no bias with `classifier_bias=False`), which gives identical logits.
 Where a CAM-head file still carries the unused linear classifier (MobileNetV2), it is ignored.
 
-CLI:
+The command line (`convert.cli`) writes a converted `.pth` as a model directory:
     python -m catkd_jax.convert --arch resnet32x4 --checkpoint in.pth --output DIR
-writes DIR in this project's model format (`catkd_jax.checkpoints.save_model`); the class
-count is read from the checkpoint's classifier unless `--num-classes` is given.
+This package never imports `catkd_jax.checkpoints` (which reads `.pth` files through it).
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from catkd_jax.models import canonical_name, create_model
+from catkd_jax.types import Variables
 
-Variables = dict[str, Any]
 
 _CAM_HEAD_KEY = "conv_test.weight"
 _LEAF_NAMES = {
@@ -84,7 +83,7 @@ def _from_torch_layout(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+def torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return _to_torch_layout(np.empty(flax_shape, np.bool_)).shape
 
 
@@ -172,7 +171,7 @@ def from_torch_state_dict(
             want = (leaf.shape[1], leaf.shape[0], 1, 1)
             converted = value[:, :, 0, 0].T if value.shape == want else None
         else:
-            want = _torch_shape(leaf.shape)
+            want = torch_shape(leaf.shape)
             converted = _from_torch_layout(value) if value.shape == want else None
         if converted is None:
             mis_shaped.append(f"{key}: checkpoint {tuple(value.shape)}, {arch} expects {want}")
@@ -273,39 +272,3 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         key.removeprefix("module."): value.detach().cpu().numpy()
         for key, value in state_dict.items()
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: convert a published `.pth` into this project's model format."""
-    import argparse  # pylint: disable=import-outside-toplevel
-
-    from catkd_jax import checkpoints  # pylint: disable=import-outside-toplevel
-
-    parser = argparse.ArgumentParser(
-        prog="python -m catkd_jax.convert",
-        description="Convert a PyTorch (mdistiller or torchvision layout) checkpoint into a "
-        "catkd-jax model.",
-    )
-    parser.add_argument("--arch", required=True, help="architecture, e.g. resnet32x4")
-    parser.add_argument("--checkpoint", required=True, help="the .pth file")
-    parser.add_argument("--output", required=True, help="directory to write (must not exist)")
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="class count (default: the rows of the checkpoint's classifier)",
-    )
-    args = parser.parse_args(argv)
-
-    arch = canonical_name(args.arch)
-    state_dict = load_torch_checkpoint(args.checkpoint)
-    # Without a classifier in the file, the architecture's default, and the importer says so.
-    num_classes = args.num_classes or checkpoint_num_classes(state_dict, arch)
-    num_classes = create_model(arch, num_classes).num_classes
-    variables = from_torch_state_dict(state_dict, arch, num_classes)
-    checkpoints.save_model(args.output, variables, arch=arch, num_classes=num_classes)
-    print(f"wrote {arch} ({num_classes} classes) to {args.output}")
-
-
-if __name__ == "__main__":
-    main()

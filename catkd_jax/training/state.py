@@ -1,0 +1,97 @@
+"""A network's variables and its `TrainState`: from a seed, or from given weights."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from catkd_jax import checkpoints, runs
+from catkd_jax.console import UserError
+from catkd_jax.training.optim import create_optimizer
+from catkd_jax.types import Variables
+
+
+def activation_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return jnp.dtype(config.dtype)
+
+
+def initialize(model: flax.linen.Module, key: jax.Array, image_shape: tuple[int, ...]) -> Variables:
+    """`{"params", "batch_stats"}` of `model` for images of `image_shape` `[H, W, 3]`."""
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    return jax.jit(functools.partial(model.init, train=False))(key, images)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Variables
+    batch_stats: Variables
+    opt_state: optax.OptState
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(step=self.step, params=self.params, batch_stats=self.batch_stats, opt_state=self.opt_state)
+
+
+def create_train_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh `TrainState` (step 0) of a network's `{"params", "batch_stats"}` for optimiser `tx`.
+
+    `variables` come from `initialize` (a seed) or from saved weights (`checkpoints.load_variables`).
+    """
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
+def initial_states(
+    student: flax.linen.Module,
+    plan: runs.RunPlan,
+    run_configs: Sequence[ml_collections.ConfigDict],
+    image_shape: tuple[int, ...],
+    steps_per_epoch: int,
+    weights: Variables | None = None,
+) -> TrainState:
+    """Every run's fresh state on the host, stacked on a leading run axis.
+
+    Each run's parameters come from its own seed, exactly as a single run's would, or all of
+    them from `weights` (`initial_weights`) when given.
+    """
+    states = []
+    for run, run_config in zip(plan.runs, run_configs):
+        variables = weights
+        if variables is None:
+            variables = initialize(student, jax.random.fold_in(jax.random.key(run.seed), 0), image_shape)
+        states.append(create_train_state(variables, create_optimizer(run_config, steps_per_epoch)).as_dict())
+    return TrainState(**runs.stack(jax.device_get(states)))
+
+
+def initial_weights(
+    config: ml_collections.ConfigDict, student: flax.linen.Module, image_shape: tuple[int, ...]
+) -> Variables | None:
+    """The student's starting `{"params", "batch_stats"}` from `student.init_checkpoint` (None: none
+    named), refused unless they have exactly the student's names and shapes."""
+    path = config.student.init_checkpoint
+    if not path:
+        return None
+    expected = jax.eval_shape(lambda key: initialize(student, key, image_shape), jax.random.key(0))
+    variables, _ = checkpoints.load_variables(path, arch=config.student.arch,
+                                              num_classes=expected["params"]["classifier"]["kernel"].shape[-1])
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    if jax.tree_util.tree_map(np.shape, variables) != jax.tree_util.tree_map(np.shape, expected):
+        raise UserError(
+            f"config.student.init_checkpoint={path!r} does not fit the student {config.student.arch} "
+            f"(classifier_bias={config.student.classifier_bias}): its variables differ in names or shapes; "
+            "point to weights of this architecture, or match student.classifier_bias to them"
+        )
+    return jax.tree_util.tree_map(jnp.asarray, variables)
