@@ -6,14 +6,32 @@ fresh clone): tests that need it skip with the reason. `CATKD_SHARED` overrides 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
 
+from catkd_jax import config_files, training
+from catkd_jax import default_config as default
+
 # Tests compile many small programs once each; XLA's optimisations cost more than they save.
 jax.config.update("jax_disable_most_optimizations", True)
+
+# Many tests compile the same programs (tiny_config's steps) in fresh closures, and subprocesses
+# compile them again: JAX's persistent compilation cache compiles each once per session. It lives
+# in a fresh directory, so every session (CI's too) starts cold, and subprocesses inherit it.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="catkd-jax-tests-compilation-cache-")
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("CATKD_SHARED", REPO_ROOT.parent / "shared"))
@@ -28,3 +46,42 @@ def shared_path(relative: str) -> pathlib.Path:
             "(set CATKD_SHARED to its location to run this test)"
         )
     return path
+
+
+def tiny_config(**overrides):
+    """resnet8 on 64 synthetic CIFAR-10-sized images; 40 test images (the last batch padded)."""
+    config = default.get_config()
+    config.method = "vanilla"
+    config.student.arch = "resnet8"
+    config.student.classifier_bias = True
+    config.teacher.arch = "resnet8"
+    config.data.name = "cifar10"
+    config.data.source = "synthetic"
+    config.data.synthetic_train_size = 64
+    config.data.synthetic_test_size = 40
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.num_epochs = 1
+    config.optim.lr = 0.05
+    config.checkpoint.every_epochs = 1
+    return config_files.with_values(config, {name.replace("__", "."): value for name, value in overrides.items()})
+
+
+def read_metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def timeless_metrics(workdir) -> list[dict]:
+    """`read_metrics` without the one field that differs between identical runs: epoch seconds."""
+    return [{key: value for key, value in record.items() if key != "epoch_seconds"} for record in read_metrics(workdir)]
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> pathlib.Path:
+    """A workdir of `tiny_config()` trained once per session: the teacher of tests that distil.
+
+    Tests only read it.
+    """
+    workdir = tmp_path_factory.mktemp("teacher")
+    training.train_and_evaluate(tiny_config(), workdir)
+    return workdir

@@ -734,7 +734,7 @@ def test_imagenet_tfds_batches_streamed_and_split_between_processes(imagenet_tfd
     np.testing.assert_allclose(np.concatenate(parts), _stack(evals, "image")[mask], atol=1e-6)
 
 
-def _write_imagenet_folder(root, eval_split: str = "val") -> None:
+def write_imagenet_folder(root, eval_split: str = "val") -> None:
     """`root/train/<class>/` with one noise image per class (its label names it) and
     `root/<eval_split>/<class>/` with 10 images in all."""
     import tensorflow as tf
@@ -759,7 +759,7 @@ def _folder_source(root, index: int = 0, count: int = 1, **overrides):
 
 
 def test_imagenet_folder_crops_are_reproducible_per_epoch_and_split_between_processes(tmp_path):
-    _write_imagenet_folder(tmp_path)
+    write_imagenet_folder(tmp_path)
     source = _folder_source(tmp_path, data_image_size=64)
     assert (source.num_classes, source.num_train, source.num_eval) == (8, 8, 10)
     assert source.class_names == [f"n{index:08d}" for index in range(8)]
@@ -932,5 +932,5 @@ def test_an_epoch_resumed_at_a_step_gives_exactly_its_remaining_batches(make):
 
 def test_streamed_imagenet_epochs_resume_at_a_step(imagenet_tfds_dir, tmp_path):
     _assert_resumed_epoch_is_the_tail(_tfds_source(imagenet_tfds_dir, 1, 2), 3, 1)
-    _write_imagenet_folder(tmp_path)
+    write_imagenet_folder(tmp_path)
     _assert_resumed_epoch_is_the_tail(_folder_source(tmp_path, data_image_size=32), 2, 1)

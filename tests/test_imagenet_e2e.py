@@ -8,9 +8,8 @@ import pytest
 
 from catkd_jax import config_files, convert, training
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT
-from test_data import _write_imagenet_folder
-from test_train import read_metrics
+from conftest import REPO_ROOT, read_metrics
+from test_data import write_imagenet_folder
 
 
 @pytest.mark.parametrize(
@@ -23,7 +22,7 @@ from test_train import read_metrics
 )
 def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_terms, tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    _write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
+    write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
     config = config_files.load_config(REPO_ROOT / "configs" / config_file)
     teacher = create_model(config.teacher.arch, num_classes=8)
     variables = training.initialize(teacher, jax.random.key(0), (64, 64, 3))

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints, interruption, training
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
-from test_train import read_metrics, timeless_metrics, tiny_config
 
 # tiny_config: 64 training images in batches of 16, so 4 steps an epoch.
 STEPS_PER_EPOCH = 4

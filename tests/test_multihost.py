@@ -20,19 +20,11 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, training
-from conftest import REPO_ROOT
+from catkd_jax import checkpoints
+from conftest import REPO_ROOT, timeless_metrics
 from test_interruption import TESTS_ON_PATH, driver_command
-from test_train import timeless_metrics, tiny_config
 
 DEADLINE = 90  # seconds for any one job
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("teacher")
-    training.train_and_evaluate(tiny_config(), workdir)
-    return workdir
 
 
 def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> list[str]:
@@ -48,6 +40,8 @@ def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> 
 
 
 def _environment(**variables: str) -> dict[str, str]:
+    # Without the tests' JAX settings, the compilation cache included: the two processes of a job
+    # would write the same entries at once, and one could read the other's partial file.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
     return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH, **variables)
 
@@ -102,11 +96,11 @@ def _two_processes(job: _Job, command: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(teacher, tmp_path_factory):
+def reference(teacher_dir, tmp_path_factory):
     """Three epochs in one process with two devices."""
     workdir = tmp_path_factory.mktemp("one_process")
     with _Job(workdir.parent / f"{workdir.name}_logs") as job:
-        job.start(_main_command(workdir, teacher, 3), _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        job.start(_main_command(workdir, teacher_dir, 3), _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
         assert job.wait() == [0], job.output(0)[-3000:]
     return workdir
 
@@ -123,18 +117,18 @@ def _assert_same_as(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher, reference, tmp_path):
+def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher_dir, reference, tmp_path):
     for epochs in (2, 3):  # stopped after 2 epochs, then resumed for the third
         with _Job(tmp_path / f"logs_{epochs}") as pair:
-            _two_processes(pair, _main_command(tmp_path / "run", teacher, epochs))
+            _two_processes(pair, _main_command(tmp_path / "run", teacher_dir, epochs))
             assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
             assert "epoch" not in pair.output(1, "out"), "only process 0 reports"
     assert "Resuming" in (tmp_path / "logs_3" / "0.out").read_text()
     _assert_same_as(tmp_path / "run", reference)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(teacher, reference, tmp_path):
-    command = _main_command(tmp_path / "run", teacher, 3)
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(teacher_dir, reference, tmp_path):
+    command = _main_command(tmp_path / "run", teacher_dir, 3)
     with _Job(tmp_path / "logs_stopped") as pair:
         port = _free_port()
         for process_id in range(2):
@@ -158,9 +152,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(t
     _assert_same_as(tmp_path / "run", reference)
 
 
-def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher, tmp_path):
+def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher_dir, tmp_path):
     with _Job(tmp_path / "logs") as job:
-        _two_processes(job, _main_command(tmp_path / "run", teacher, 1000))
+        _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000))
         end = time.monotonic() + DEADLINE
         while "epoch 1:" not in job.output(0, "out"):  # both are past start-up and compilation
             assert time.monotonic() < end and job.processes[0].poll() is None, job.output(0)[-3000:]

@@ -18,9 +18,8 @@ from catkd_jax import probe, training
 from catkd_jax.data import ArraySource, create_source, reduce_training_set
 from catkd_jax.models import create_model
 from catkd_jax.models.layers import global_avg_pool
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_config
 from catkd_jax import default_config as default
-from test_train import tiny_config
 
 PROBE_LINE = re.compile(r"^linear probe top1 (\d+\.\d\d) \((\d+) test images, (\d+) features\)$", re.M)
 
@@ -224,10 +223,8 @@ _CLI_SCRIPT = textwrap.dedent(
 )
 
 
-def test_probe_of_a_trained_student_end_to_end_and_through_main(tmp_path, capsys):
-    student_dir = tmp_path / "student"
-    training.train_and_evaluate(tiny_config(), student_dir)
-    capsys.readouterr()
+def test_probe_of_a_trained_student_end_to_end_and_through_main(teacher_dir, tmp_path, capsys):
+    student_dir = teacher_dir  # a tiny_config network: resnet8 trained on synthetic CIFAR-10-sized data
     config = tiny_config(**_PROBE_OVERRIDES)
     result = probe.run(config, student_dir, tmp_path / "probe")
     line = PROBE_LINE.search(capsys.readouterr().out)
@@ -256,12 +253,11 @@ def test_probe_of_a_trained_student_end_to_end_and_through_main(tmp_path, capsys
     assert cli["top1"] == pytest.approx(result["top1"], abs=100 / 40 + 1e-9)  # one test image at most
 
 
-def test_probe_of_a_cifar_student_on_stl10_mock_data(tmp_path, capsys):
+def test_probe_of_a_cifar_student_on_stl10_mock_data(teacher_dir, tmp_path, capsys):
     """The default probe data set (STL-10 from TFDS, resized to 32x32), under TFDS's mock data."""
     import tensorflow_datasets as tfds
 
-    student_dir = tmp_path / "student"
-    training.train_and_evaluate(tiny_config(), student_dir)  # a CIFAR-10-sized student
+    student_dir = teacher_dir  # a CIFAR-10-sized network
     config = tiny_config(probe__epochs=2, probe__decay_epochs=(1,), probe__batch_size=16)
     assert (config.probe.data.source, config.probe.data.name, config.probe.data.image_size) == ("tfds", "stl10", 32)
     with tfds.testing.mock_data(num_examples=48):

@@ -16,7 +16,7 @@ import pytest
 
 from catkd_jax import checkpoints, record, training
 from catkd_jax.console import UserError
-from test_train import read_metrics, timeless_metrics, tiny_config
+from conftest import read_metrics, timeless_metrics, tiny_config
 
 STEPS_PER_EPOCH = 4  # tiny_config: 64 training images, batches of 16
 

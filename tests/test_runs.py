@@ -15,8 +15,7 @@ import pytest
 
 from catkd_jax import checkpoints, runs, training
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT
-from test_train import read_metrics, tiny_config
+from conftest import REPO_ROOT, read_metrics, tiny_config
 
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
@@ -32,13 +31,6 @@ def assert_same_runs(single_dir, run_dir, keys=COMPARED):
     for a, b in zip(single, multi):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (key, a["epoch"])
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("teacher")
-    training.train_and_evaluate(tiny_config(), workdir)
-    return workdir
 
 
 def test_plan_seeds_sweep_and_their_product():

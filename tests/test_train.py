@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,45 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from catkd_jax import checkpoints, config_files, convert, runs, training
+from catkd_jax import checkpoints, convert, runs, training
 from catkd_jax.models import create_model
-from catkd_jax import default_config as default
-from conftest import REPO_ROOT
-
-
-def tiny_config(**overrides):
-    """resnet8 on 64 synthetic CIFAR-10-sized images; 40 test images (the last batch padded)."""
-    config = default.get_config()
-    config.method = "vanilla"
-    config.student.arch = "resnet8"
-    config.student.classifier_bias = True
-    config.teacher.arch = "resnet8"
-    config.data.name = "cifar10"
-    config.data.source = "synthetic"
-    config.data.synthetic_train_size = 64
-    config.data.synthetic_test_size = 40
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.num_epochs = 1
-    config.optim.lr = 0.05
-    config.checkpoint.every_epochs = 1
-    return config_files.with_values(config, {name.replace("__", "."): value for name, value in overrides.items()})
-
-
-def read_metrics(workdir) -> list[dict]:
-    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def timeless_metrics(workdir) -> list[dict]:
-    """`read_metrics` without the one field that differs between identical runs: epoch seconds."""
-    return [{key: value for key, value in record.items() if key != "epoch_seconds"} for record in read_metrics(workdir)]
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("teacher")
-    training.train_and_evaluate(tiny_config(), workdir)
-    return workdir
+from conftest import REPO_ROOT, read_metrics, tiny_config
 
 
 @pytest.mark.parametrize(
@@ -190,8 +154,8 @@ def test_config_errors_are_clear(overrides, message, tmp_path):
         training.train_and_evaluate(tiny_config(**overrides), tmp_path)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    training.train_and_evaluate(tiny_config(), tmp_path)
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):
+    shutil.copytree(teacher_dir, tmp_path, dirs_exist_ok=True)  # one epoch of tiny_config()
     good, _ = checkpoints.load_variables(tmp_path)
     with pytest.raises(FloatingPointError, match="last good checkpoint is kept"):
         training.train_and_evaluate(tiny_config(num_epochs=2, optim__lr=1e30, optim__decay_epochs=()), tmp_path,
@@ -204,7 +168,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax
-    from test_train import tiny_config
+    from conftest import tiny_config
     from catkd_jax import training
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == {devices}, jax.devices()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import training, visualize
-from test_train import tiny_config
+from conftest import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
