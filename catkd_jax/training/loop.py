@@ -72,6 +72,29 @@ class _Progress:
     epoch_sums: dict[str, np.ndarray] | None = None  # per-step metric sums of the epoch, [R] each
 
 
+@dataclasses.dataclass
+class _Standing:
+    """One run's results so far: its best and last test accuracy, and where its loss diverged."""
+
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    final_acc: float = float("nan")
+    diverged_epoch: int = 0  # 0: it has not diverged
+    diverged_loss: float = float("nan")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> _Standing:
+        """The standing a checkpoint's meta records."""
+        final = float("nan") if meta["test_acc"] is None else meta["test_acc"]
+        return cls(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"], final_acc=final)
+
+    def result(self, num_epochs: int) -> dict[str, Any]:
+        """The run's line of the summary that `train_and_evaluate` returns."""
+        result = dict(best_test_acc=self.best_acc, best_epoch=self.best_epoch, final_test_acc=self.final_acc,
+                      epochs=num_epochs)
+        return result | ({"diverged_epoch": self.diverged_epoch} if self.diverged_epoch else {})
+
+
 def _restore(savers, state: TrainState, directories) -> tuple[TrainState, list[dict] | None]:
     """The runs' stacked state from their newest checkpoints (all at the same step), if any."""
     template = jax.tree_util.tree_map(np.asarray, runs.unstack(state.as_dict(), 0))
@@ -186,14 +209,12 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     steps_per_epoch = source.steps_per_epoch
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights)
     state, metas = _restore(savers, state, directories)
-    totals = [dict(best_acc=-1.0, best_epoch=0, final_acc=float("nan"), diverged_epoch=0) for _ in plan.runs]
+    standings = [_Standing() for _ in plan.runs]
     progress = _Progress()
     if metas is not None:
         progress = _resumed_progress(metas, steps_per_epoch)
-        for total, meta in zip(totals, metas):
-            total.update(best_acc=meta["best_acc"], best_epoch=meta["best_epoch"],
-                         final_acc=float("nan") if meta["test_acc"] is None else meta["test_acc"])
-        best = ", ".join(f"{t['best_acc']:.2f}% at epoch {t['best_epoch']}" for t in totals)
+        standings = [_Standing.from_meta(meta) for meta in metas]
+        best = ", ".join(f"{standing.best_acc:.2f}% at epoch {standing.best_epoch}" for standing in standings)
         where = (f"in epoch {progress.epoch} after step {metas[0]['step']}" if progress.epoch_step
                  else f"after epoch {metas[0]['epoch']}")
         report(f"Resuming {workdir} {where} (best {best}).")
@@ -214,12 +235,12 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
              partial: dict[str, Any] | None = None) -> None:
         """Each live run's checkpoint at `global_step`; `partial` holds a mid-epoch save's progress."""
         for k, (run, saver) in enumerate(zip(plan.runs, savers)):
-            total = totals[k]
-            if total["diverged_epoch"]:
+            standing = standings[k]
+            if standing.diverged_epoch:
                 continue
-            meta = dict(info, epoch=epoch, step=global_step, best_acc=total["best_acc"],
-                        best_epoch=total["best_epoch"], seed=run.seed,
-                        test_acc=None if math.isnan(total["final_acc"]) else total["final_acc"])
+            meta = dict(info, epoch=epoch, step=global_step, best_acc=standing.best_acc,
+                        best_epoch=standing.best_epoch, seed=run.seed,
+                        test_acc=None if math.isnan(standing.final_acc) else standing.final_acc)
             if plan.field is not None:
                 meta["sweep"] = {plan.field: run.value}
             if partial is not None:
@@ -249,26 +270,26 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                 saved_acc: list[float | None] = [None] * len(plan.runs)
                 wanted = False
                 for k, (run, directory) in enumerate(zip(plan.runs, directories)):
-                    total = totals[k]
-                    if total["diverged_epoch"]:
+                    standing = standings[k]
+                    if standing.diverged_epoch:
                         continue
                     if not math.isfinite(train[k]["train_loss"]):
-                        total.update(diverged_epoch=epoch, diverged_loss=train[k]["train_loss"])
+                        standing.diverged_epoch, standing.diverged_loss = epoch, train[k]["train_loss"]
                         if plan.multiple:
                             report(f"{run.name} ({plan.describe(run)}): "
-                                   f"{_divergence_message(savers[k], directory, epoch, total['diverged_loss'])} "
+                                   f"{_divergence_message(savers[k], directory, epoch, standing.diverged_loss)} "
                                    "The other runs go on.")
                         continue
-                    total["final_acc"] = evaluation[k]["test_acc"]
-                    is_best = total["final_acc"] > total["best_acc"]
+                    standing.final_acc = evaluation[k]["test_acc"]
+                    is_best = standing.final_acc > standing.best_acc
                     if is_best:
-                        total.update(best_acc=total["final_acc"], best_epoch=epoch)
+                        standing.best_acc, standing.best_epoch = standing.final_acc, epoch
                     record_line = dict(
                         epoch=epoch,
                         lr=float(schedules[k]((epoch - 1) * steps_per_epoch)),
                         **train[k],
                         **{key: value for key, value in evaluation[k].items() if key != "test_count"},
-                        best_test_acc=total["best_acc"],
+                        best_test_acc=standing.best_acc,
                         epoch_seconds=time.time() - started,
                     )
                     logs[k].write(record_line)
@@ -276,28 +297,26 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                     report(
                         f"{prefix}epoch {epoch}: train loss {record_line['train_loss']:.4f} "
                         f"acc {record_line['train_acc']:.2f}% | test acc {record_line['test_acc']:.2f}% "
-                        f"top5 {record_line['test_acc_top5']:.2f}% (best {total['best_acc']:.2f}%) | "
+                        f"top5 {record_line['test_acc_top5']:.2f}% (best {standing.best_acc:.2f}%) | "
                         f"{record_line['epoch_seconds']:.0f}s"
                     )
-                    saved_acc[k] = total["final_acc"]
+                    saved_acc[k] = standing.final_acc
                     wanted = wanted or periodic or is_best or stopping
                 if wanted:  # one step, saved once for every live run (best or not, all get it)
                     save(jax.device_get(state.as_dict()), epoch, global_step, saved_acc)
                 if stopping and epoch < config.num_epochs:  # after the last epoch, the run is complete
                     raise stop.interrupted(epoch, global_step)
-                if all(total["diverged_epoch"] for total in totals):
+                if all(standing.diverged_epoch for standing in standings):
                     break
     finally:
         for log in logs:
             log.close()
 
-    results = [dict(best_test_acc=t["best_acc"], best_epoch=t["best_epoch"], final_test_acc=t["final_acc"],
-                    epochs=config.num_epochs, **({"diverged_epoch": t["diverged_epoch"]} if t["diverged_epoch"] else {}))
-               for t in totals]
+    results = [standing.result(config.num_epochs) for standing in standings]
     student_arch = info["arch"]
     if not plan.multiple:
-        if totals[0]["diverged_epoch"]:
-            message = _divergence_message(savers[0], workdir, totals[0]["diverged_epoch"], totals[0]["diverged_loss"])
+        if standings[0].diverged_epoch:
+            message = _divergence_message(savers[0], workdir, standings[0].diverged_epoch, standings[0].diverged_loss)
             raise FloatingPointError(f"stopping: {message}")
         report(f"{student_arch} ({config.method}): best test accuracy {results[0]['best_test_acc']:.2f}% "
                 f"(epoch {results[0]['best_epoch']}), final {results[0]['final_test_acc']:.2f}%")
@@ -305,7 +324,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     summary = runs.summarize(plan, results)
     runs.write_summary(workdir, summary)
     report(f"{student_arch} ({config.method}), {len(plan.runs)} runs in one program:\n{runs.format_table(summary)}")
-    if all(total["diverged_epoch"] for total in totals):
+    if all(standing.diverged_epoch for standing in standings):
         raise FloatingPointError(f"every run diverged; see {workdir / 'summary.json'}")
     return summary
 

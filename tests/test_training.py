@@ -187,7 +187,7 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
         script = _MULTI_DEVICE_SCRIPT.format(devices=devices,
                                              teacher=str(teacher_dir), workdir=str(workdir))
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                   PYTHONPATH=str(REPO_ROOT / "tests"))  # for test_train
+                   PYTHONPATH=str(REPO_ROOT / "tests"))  # for conftest
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
         records[devices] = read_metrics(workdir)[0]
     for key in ("train_loss", "train_loss_ce", "train_loss_cat", "test_loss", "test_acc"):
