@@ -43,7 +43,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from catkd_jax import convert
-from catkd_jax.console import UserError, warn
+from catkd_jax.console import warn
+from catkd_jax.errors import InputError, MissingInputError, UserError
 from catkd_jax.models import canonical_name
 
 MODEL_FORMAT = "catkd-jax-model"
@@ -77,13 +78,13 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     source = pathlib.Path(directory).absolute()
     info_file = source / "model.json"
     if not info_file.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{source} is not a catkd-jax model directory (no model.json); "
             "convert a .pth with `python -m catkd_jax.convert`"
         )
     info = json.loads(info_file.read_text())
     if info.get("format") != MODEL_FORMAT or info.get("version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{info_file} is not a {MODEL_FORMAT} v{MODEL_FORMAT_VERSION} description")
+        raise InputError(f"{info_file} is not a {MODEL_FORMAT} v{MODEL_FORMAT_VERSION} description")
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(source / "variables")
     return variables, info
@@ -244,7 +245,7 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"{manager_dir} holds no checkpoint yet")
+            raise MissingInputError(f"{manager_dir} holds no checkpoint yet")
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
         )
@@ -273,7 +274,7 @@ def load_variables(
         variables = convert.from_torch_state_dict(state_dict, arch, num_classes)
         return variables, {"arch": arch, "num_classes": num_classes}
     if not source.exists():
-        raise FileNotFoundError(f"no checkpoint at {source}")
+        raise MissingInputError(f"no checkpoint at {source}")
     if (source / "model.json").is_file():
         variables, info = load_model(source)
     elif (source / "checkpoints").is_dir():
@@ -283,13 +284,13 @@ def load_variables(
     elif any(child.name.isdigit() for child in source.iterdir()):
         variables, info = _restore_training_checkpoint(source, None)
     else:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{source} is neither a workdir, a checkpoint directory, a model directory nor a .pth"
         )
     expected = {"arch": arch and canonical_name(arch), "num_classes": num_classes}
     for key, want in expected.items():
         if want is not None and info[key] != want:
-            raise ValueError(
+            raise InputError(
                 f"the checkpoint at {source} has {key} {info[key]!r} but the config asks for "
                 f"{want!r}; point to a matching checkpoint or change the config"
             )

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from catkd_jax import interruption, probe, quickstart, sharding, training, visualize
-from catkd_jax.console import UserError
+from catkd_jax.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
@@ -41,13 +41,16 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _exit_with(f"error: unexpected arguments: {' '.join(argv[1:])}. Flags take the form --name=value; "
+                   "run with --helpshort to list them", ConfigError.exit_code)
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # the libraries' INFO logs drown the progress lines
     try:
         _dispatch()
     except UserError as error:
-        _exit_with(f"error: {error}", 1)
+        if _show_tracebacks():
+            traceback.print_exc()
+        _exit_with(f"error: {error}", error.exit_code)
     except interruption.Interrupted as error:
         _exit_with(str(error), error.exit_code)
     except KeyboardInterrupt as error:  # a second Ctrl-C: no checkpoint of this moment
@@ -62,6 +65,11 @@ def main(argv: list[str]) -> None:
 # What XLA's and JAX's errors say when a collective loses a process of the job.
 _LOST_PROCESS_SIGNS = ("Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer",
                        "coordination service", "heartbeat")
+
+
+def _show_tracebacks() -> bool:
+    """Whether a user error also shows its traceback: with `--verbosity=1` or more."""
+    return flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
 
 
 def _leave_job(error: Exception) -> None:
@@ -99,11 +107,11 @@ def _dispatch() -> None:
     logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].platform)
-    config = _CONFIG.value
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    config = _loaded_config(config_path)
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
     if _MODE.value in ("eval", "visualize", "linear_probe") and not _CHECKPOINT.value:
-        raise app.UsageError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
+        raise ConfigError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
     if _MODE.value == "eval":
         training.evaluate(config, _CHECKPOINT.value)
     elif _MODE.value == "visualize":
@@ -115,9 +123,63 @@ def _dispatch() -> None:
     elif config.pipeline == "single":
         training.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     else:
-        raise app.UsageError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
+        raise ConfigError(f"config.pipeline must be 'single' or 'quickstart', got {config.pipeline!r}")
+
+
+def _loaded_config(path: str):
+    """The config `--config` names, or a `ConfigError` saying why it could not be loaded."""
+    try:
+        config = _CONFIG.value
+        config.pipeline  # pylint: disable=pointless-statement; ml_collections raises a deferred load error here
+        return config
+    except (OSError, AttributeError, KeyError) as error:
+        raise _config_load_error(path, error) from error
+
+
+def _config_load_error(path: str, error: Exception) -> ConfigError:
+    if not os.path.isfile(path.split(":")[0]):
+        return ConfigError(f"--config {path}: no such config file; pass one of the files in configs/ "
+                           "(e.g. configs/quickstart.py) or your own")
+    reason = str(error).strip().splitlines()[-1]
+    return ConfigError(f"--config {path} could not be loaded: {reason} (--verbosity=1 shows the traceback)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a missing config file or a misspelt `--config.FIELD` told in one
+    line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = f"{error}. Run with --helpshort to list the flags"
+    except OSError as error:  # a `--config.FIELD` override of a config that failed to load
+        message = str(_config_load_error(_config_argument(argv), error))
+    except (AttributeError, KeyError) as error:  # an override of a field the config does not have
+        message = _unknown_field_message(argv, error)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(ConfigError.exit_code)
+
+
+def _config_argument(argv: list[str]) -> str:
+    """The value of `--config` in `argv` ('' if absent)."""
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return ""
+
+
+def _unknown_field_message(argv: list[str], error: Exception) -> str:
+    text = str(error).strip("'\"").replace("\\n", "\n")
+    name, _, suggestion = text.partition("\n")
+    name = name.strip("'\"\\")
+    overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
+    flag = next((arg for arg in overrides if arg.split(".")[-1] == name), f"--config....{name}")
+    hint = f"{suggestion.strip()} " if suggestion.strip() else ""
+    return (f"{flag}: the config has no field {name!r}. {hint}"
+            "Every field is listed, with its meaning, in catkd_jax/default_config.py")
 
 
 def run() -> None:
     """The `catkd-jax` console script."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

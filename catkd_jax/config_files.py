@@ -16,12 +16,14 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from catkd_jax.errors import MissingInputError
+
 
 def load_module(path: str | os.PathLike) -> types.ModuleType:
     """The Python file at `path`, executed as a module named after its stem."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}")
+        raise MissingInputError(f"no config file at {path}")
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

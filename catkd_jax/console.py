@@ -1,7 +1,6 @@
-"""What the person at the terminal reads: results, warnings and user errors, from process 0 only.
+"""What the person at the terminal reads: results, warnings and tables, from process 0 only.
 
-`UserError` is the one exception type for a mistake the user can fix (a bad setting, an unusable
-file); the command line prints its message as one `error: ...` line, without a traceback.
+User errors are in `catkd_jax.errors`; the command line prints them.
 """
 
 from __future__ import annotations
@@ -10,10 +9,6 @@ import sys
 from typing import Any, Sequence
 
 import jax
-
-
-class UserError(Exception):
-    """A mistake the user can fix; the message says what was wrong and what to do."""
 
 
 def report(message: str) -> None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from catkd_jax import losses
+from catkd_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -100,7 +101,7 @@ METHODS: dict[str, Method] = {"vanilla": vanilla, "cat_kd": cat_kd, "kd": kd, "d
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; config.method must be one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {name!r}; config.method must be one of {', '.join(METHODS)}")
     return METHODS[name]
 
 

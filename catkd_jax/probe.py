@@ -42,6 +42,7 @@ import optax
 from catkd_jax import console, runs, sharding, training
 from catkd_jax.data import DATASETS, SHAPES_CLASSES, create_source
 from catkd_jax.types import Variables
+from catkd_jax.errors import ConfigError, InputError
 
 
 RESULT_FILE = "linear_probe.json"
@@ -218,10 +219,10 @@ def fit_linear_probe(
     if test_features.shape[1] != train_features.shape[1]:
         raise ValueError(f"train features have {train_features.shape[1]} dimensions, test {test_features.shape[1]}")
     if probe.epochs < 1:
-        raise ValueError(f"config.probe.epochs must be >= 1, got {probe.epochs}")
+        raise ConfigError(f"config.probe.epochs must be >= 1, got {probe.epochs}")
     batch_size = int(probe.batch_size)
     if batch_size < 1:
-        raise ValueError(f"config.probe.batch_size must be >= 1, got {probe.batch_size}")
+        raise ConfigError(f"config.probe.batch_size must be >= 1, got {probe.batch_size}")
     num_train, num_features = train_features.shape
     steps = math.ceil(num_train / batch_size)
     schedule = learning_rate_schedule(probe, steps)
@@ -300,7 +301,7 @@ def _student_num_classes(config: ml_collections.ConfigDict) -> int:
         return len(SHAPES_CLASSES)
     if config.data.name in DATASETS:
         return DATASETS[config.data.name].num_classes
-    raise ValueError(
+    raise ConfigError(
         f"a .pth does not say its class count and config.data.name={config.data.name!r} is not one of "
         f"{', '.join(DATASETS)}; convert it with `python -m catkd_jax.convert` first"
     )
@@ -317,7 +318,7 @@ def load_frozen_network(
     """
     path = pathlib.Path(checkpoint)
     if path.is_dir() and not (path / "checkpoints").exists() and runs.run_directories(path):
-        raise ValueError(
+        raise InputError(
             f"{path} holds several runs ({', '.join(p.name for p in runs.run_directories(path))}); "
             "probe one of them: --checkpoint " + str(path / "run_0")
         )
@@ -328,7 +329,7 @@ def load_frozen_network(
 def _check_probe_data(config: ml_collections.ConfigDict) -> None:
     data = config.probe.data
     if data.get("source") != "shapes" and data.get("name") not in DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"config.probe.data.name={data.get('name')!r} is not a data set the input pipeline knows "
             f"({', '.join(DATASETS)}). For image folders (TinyImageNet) name the "
             "normalisation to use, e.g. 'cifar100', the student's own"

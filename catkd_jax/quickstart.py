@@ -21,6 +21,7 @@ import numpy as np
 from catkd_jax import config_files, training, visualize
 from catkd_jax.console import format_table
 from catkd_jax.data import DataSource, create_source
+from catkd_jax.errors import ConfigError
 
 
 def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
@@ -31,7 +32,7 @@ def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collection
 def _source_with_boxes(config: ml_collections.ConfigDict) -> DataSource:
     source = create_source(config)
     if "box" not in next(iter(source.eval_batches())):
-        raise ValueError(
+        raise ConfigError(
             f"CAM localisation needs object boxes, which config.data.source={config.data.source!r} "
             "does not provide; use config.data.source='shapes'"
         )

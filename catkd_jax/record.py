@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from catkd_jax.console import UserError
+from catkd_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"

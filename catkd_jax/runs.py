@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from catkd_jax import config_files, console
+from catkd_jax.errors import ConfigError
 
 # Sweepable: the float fields read inside the train step, whose values can then be traced.
 _SWEEPABLE_SECTIONS = ("optim", "cat_kd", "kd", "dkd")
@@ -89,23 +90,23 @@ def parse_sweep(config: ml_collections.ConfigDict) -> tuple[str, tuple[float, ..
     field = field.strip()
     section, dot, name = field.partition(".")
     if not equals or not dot:
-        raise ValueError(f"config.runs.sweep={text!r} is not understood; {usage}")
+        raise ConfigError(f"config.runs.sweep={text!r} is not understood; {usage}")
     if section not in _SWEEPABLE_SECTIONS or section not in config or name not in config[section]:
-        raise ValueError(
+        raise ConfigError(
             f"config.runs.sweep: {field!r} cannot be swept; sweep a float field of "
             f"{', '.join(_SWEEPABLE_SECTIONS)} (fields that change shapes or data need separate runs)"
         )
     if not isinstance(config[section][name], float):
-        raise ValueError(
+        raise ConfigError(
             f"config.runs.sweep: {field} is a {type(config[section][name]).__name__} field; only float "
             "fields can be swept in one program (others change the program: launch separate runs)"
         )
     try:
         values = tuple(float(value) for value in listed.split(","))
     except ValueError:
-        raise ValueError(f"config.runs.sweep={text!r}: the values must be numbers; {usage}") from None
+        raise ConfigError(f"config.runs.sweep={text!r}: the values must be numbers; {usage}") from None
     if len(set(values)) != len(values):
-        raise ValueError(f"config.runs.sweep={text!r} lists a value twice")
+        raise ConfigError(f"config.runs.sweep={text!r} lists a value twice")
     return field, values
 
 
@@ -113,7 +114,7 @@ def plan_runs(config: ml_collections.ConfigDict) -> RunPlan:
     """The runs of `config`: one per (sweep value, seed), or the single run of `config.seed`."""
     seeds = tuple(int(seed) for seed in config.runs.seeds) or (int(config.seed),)
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"config.runs.seeds={tuple(config.runs.seeds)} lists a seed twice")
+        raise ConfigError(f"config.runs.seeds={tuple(config.runs.seeds)} lists a seed twice")
     sweep = parse_sweep(config)
     field, values = sweep if sweep else (None, (None,))
     runs = [(value, seed) for value in values for seed in seeds]
@@ -128,7 +129,7 @@ def vectorize(config: ml_collections.ConfigDict) -> bool:
     """
     choice = config.runs.vectorize
     if choice not in ("auto", "vmap", "unroll"):
-        raise ValueError(f"config.runs.vectorize must be 'auto', 'vmap' or 'unroll', got {choice!r}")
+        raise ConfigError(f"config.runs.vectorize must be 'auto', 'vmap' or 'unroll', got {choice!r}")
     if choice == "auto":
         return jax.default_backend() != "cpu"
     return choice == "vmap"

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from catkd_jax.console import UserError
+from catkd_jax.errors import ConfigError, UserError
 
 DATA_AXIS = "data"
 
@@ -79,7 +79,7 @@ def batch_sharded(mesh: Mesh, run_axis: bool = False) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     """A global batch must split evenly over devices (and so over processes)."""
     if batch_size % mesh.size:
-        raise ValueError(
+        raise ConfigError(
             f"config.{what}={batch_size} is not divisible by the {mesh.size} devices; "
             f"choose a multiple of {mesh.size}"
         )

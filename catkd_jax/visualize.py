@@ -31,6 +31,7 @@ import numpy as np
 
 from catkd_jax import losses, methods, training
 from catkd_jax.data import DataSource, create_source
+from catkd_jax.errors import ConfigError
 
 DPI = 100
 
@@ -420,7 +421,7 @@ def visualize(
       the path of the PNG written (also printed).
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
     source = create_source(config)
     batch = first_test_examples(source, num_images)
     images, num_classes = batch["image"], source.num_classes

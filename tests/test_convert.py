@@ -11,6 +11,7 @@ import pytest
 
 from catkd_jax import checkpoints, convert
 from catkd_jax.convert import cli as convert_cli
+from catkd_jax.errors import InputError
 from catkd_jax.models import create_model
 from conftest import shared_path
 from test_models import ARCHS
@@ -96,8 +97,9 @@ def test_untrusted_pickles_are_refused(tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Payload()}, path)
-    with pytest.raises(ValueError, match="only weights-only .pth files are accepted"):
+    with pytest.raises(InputError, match="holds Python objects besides tensors\\); nothing in it was executed") as error:
         convert.load_torch_checkpoint(path)
+    assert "weights_only=False" not in str(error.value)  # PyTorch's advice would run the payload
 
 
 class _Payload:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints, record, training
-from catkd_jax.console import UserError
+from catkd_jax.errors import UserError
 from conftest import read_metrics, timeless_metrics, tiny_config
 
 STEPS_PER_EPOCH = 4  # tiny_config: 64 training images, batches of 16

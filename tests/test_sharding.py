@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from catkd_jax import sharding
-from catkd_jax.console import UserError
+from catkd_jax.errors import UserError
 
 
 @pytest.fixture

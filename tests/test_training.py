@@ -212,7 +212,7 @@ def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tm
 
 
 def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, tmp_path):
-    from catkd_jax.console import UserError
+    from catkd_jax.errors import UserError
 
     with pytest.raises(UserError, match=r"does not fit the student resnet8 \(classifier_bias=False\).*match "
                                         r"student.classifier_bias"):

@@ -38,6 +38,7 @@ import numpy as np
 
 from catkd_jax.models import canonical_name, create_model
 from catkd_jax.types import Variables
+from catkd_jax.errors import InputError, MissingInputError
 
 
 _CAM_HEAD_KEY = "conv_test.weight"
@@ -253,20 +254,24 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "reading a .pth file needs PyTorch: pip install torch (the CPU build is enough)"
         ) from error
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise MissingInputError(f"no checkpoint file at {path}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint of tensors ({error}); "
-            "only weights-only .pth files are accepted"
+        # Never PyTorch's own advice (retry with weights_only=False): that executes the file's code.
+        raise InputError(
+            f"{path} is not a PyTorch checkpoint of tensors only (it is another kind of file, damaged, or holds "
+            "Python objects besides tensors); nothing in it was executed. Only weights-only .pth files are read. "
+            "If you trust its source, re-save its state dict with PyTorch (torch.save(model.state_dict(), ...)) "
+            "and use that file"
         ) from error
     state_dict = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state_dict, dict) or not all(
         isinstance(value, torch.Tensor) for value in state_dict.values()
     ):
-        raise ValueError(
-            f"{path} holds neither a state dict nor a {{'model': state_dict}} dictionary"
+        raise InputError(
+            f"{path} holds neither a state dict nor a {{'model': state_dict}} dictionary of tensors; "
+            "save the network's state_dict() and use that file"
         )
     return {
         key.removeprefix("module."): value.detach().cpu().numpy()

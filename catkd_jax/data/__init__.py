@@ -33,6 +33,7 @@ from catkd_jax.data.cifar import ArraySource, load_tfds
 from catkd_jax.data.folders import list_image_folders, load_folder
 from catkd_jax.data.generated import SHAPES_CLASSES, ShapesSource, SyntheticSource
 from catkd_jax.data.imagenet import DEFAULT_SHUFFLE_BUFFER, FolderImageSource, TFDSImageSource
+from catkd_jax.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -80,7 +81,7 @@ def create_source(
     """
     data = config.data
     if data.source not in SOURCES:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.source={data.source!r} is unknown; use one of {', '.join(SOURCES)}"
         )
     batching = dict(
@@ -97,7 +98,7 @@ def create_source(
             train_size=data.synthetic_train_size, test_size=data.synthetic_test_size, **batching
         )
     if data.name not in DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.name={data.name!r} is unknown; use one of {', '.join(DATASETS)}"
         )
     spec = DATASETS[data.name]
@@ -114,7 +115,7 @@ def create_source(
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or (
             image_size < 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.image_size must be 0 (the data set's own, {spec.image_size}) or a "
                 f"positive integer, got {image_size!r}"
             )

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from catkd_jax.errors import ConfigError, InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -86,12 +88,12 @@ def reduce_training_set(
       `[M]` int64 indices into `labels`, increasing (data-set order is preserved).
     """
     if not 0 <= reserved_classes <= num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.reserved_classes={reserved_classes} is outside 0..{num_classes} "
             f"(the data set has {num_classes} classes); use 0 to keep all classes"
         )
     if not 0.0 < reserved_rate <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.reserved_rate={reserved_rate} is outside (0, 1]; "
             "use 1.0 to keep every image of the kept classes"
         )
@@ -113,7 +115,7 @@ def seed_sequence(seed: int, stream: int, *words: int) -> np.random.SeedSequence
 
 def positive_int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -171,13 +173,13 @@ class DataSource(abc.ABC):
         self.num_train = len(self._train_ids)
         self.num_eval = len(self._test_labels)
         if self.num_train < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.num_train} training examples remain (config.data.reserved_classes="
                 f"{reserved_classes}, reserved_rate={reserved_rate}), fewer than one batch of "
                 f"config.batch_size={batch_size}; lower the batch size or keep more data"
             )
         if self.num_eval == 0:
-            raise ValueError("the test set is empty; a source needs at least one test example")
+            raise InputError("the test set is empty; a source needs at least one test example")
         self.steps_per_epoch = self.num_train // batch_size
 
     def _init_batching(
@@ -198,7 +200,7 @@ class DataSource(abc.ABC):
             ("config.eval_batch_size", eval_batch_size),
         ):
             if positive_int(size, field) % process_count:
-                raise ValueError(
+                raise ConfigError(
                     f"{field}={size} is not divisible by the {process_count} processes; "
                     f"set it to a multiple of {process_count}"
                 )

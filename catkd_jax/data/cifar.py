@@ -15,6 +15,7 @@ import numpy as np
 
 from catkd_jax.data import augment
 from catkd_jax.data.base import DataSource, import_tensorflow
+from catkd_jax.errors import MissingInputError
 
 
 class ArraySource(DataSource):
@@ -125,7 +126,7 @@ def load_tfds(name: str, data_dir: str) -> tuple[tuple[np.ndarray, ...], list[st
             )
         except AssertionError as error:  # how TFDS reports a data set that is not prepared
             looked_in = tfds.builder(name, data_dir=data_dir or None).data_dir
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"TFDS data set {name!r} is not prepared: TFDS looked in {looked_in} "
                 f"(config.data.dir={data_dir!r}{', the TFDS default' if not data_dir else ''}), "
                 "and this pipeline never downloads. Either run "

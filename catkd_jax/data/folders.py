@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from catkd_jax.data.base import import_tensorflow
+from catkd_jax.errors import ConfigError, InputError
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -53,14 +54,14 @@ def _decode_images(paths: Sequence[str]) -> np.ndarray:
                 try:
                     decode(str(path))
                 except tf.errors.InvalidArgumentError:
-                    raise ValueError(f"cannot decode {path}: {error.message}") from error
+                    raise InputError(f"cannot decode {path}: {error.message}") from error
             raise
         if expected is None:
             expected = shapes[0]
         mismatched = np.flatnonzero(np.any(shapes != expected, axis=1))
         if mismatched.size:
             offset = mismatched[0]
-            raise ValueError(
+            raise InputError(
                 f"{paths[done + offset]} is {tuple(shapes[offset][:2])} pixels but {paths[0]} "
                 f"is {tuple(expected[:2])}; all images of a folder source must have one size"
             )
@@ -98,15 +99,15 @@ def list_image_folders(
     evals = " or ".join(f"ROOT/{name}/<class>/*" for name in eval_names)
     layout = f"ROOT/train/<class>/*.jpg and {evals}"
     if not root:
-        raise ValueError(f"config.data.dir is empty; the folder source needs ROOT with {layout}")
+        raise ConfigError(f"config.data.dir is empty; the folder source needs ROOT with {layout}")
     root_path = pathlib.Path(root)
     if not (root_path / "train").is_dir():
-        raise ValueError(
+        raise ConfigError(
             f"config.data.dir={root!r} has no train/ folder; the folder source expects {layout}"
         )
     eval_dirs = [root_path / name for name in eval_names if (root_path / name).is_dir()]
     if not eval_dirs:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.dir={root!r} has no {' or '.join(name + '/' for name in eval_names)} "
             f"folder; the folder source expects {layout}"
         )
@@ -115,15 +116,15 @@ def list_image_folders(
     for split, folder in splits.items():
         classes[split] = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     if not classes["train"]:
-        raise ValueError(f"{splits['train']} has no class folders; expected {layout}")
+        raise InputError(f"{splits['train']} has no class folders; expected {layout}")
     if not classes["test"] and _image_names(splits["test"]):
-        raise ValueError(
+        raise ConfigError(
             f"{splits['test']} holds images but no class folders: sort them into "
             f"{splits['test']}/<wnid>/ first (as torchvision's ImageFolder expects, e.g. with the "
             "common valprep.sh), or use --config.data.source=tfds"
         )
     if classes["test"] != classes["train"]:
-        raise ValueError(
+        raise InputError(
             f"the class folders of {splits['test']} ({len(classes['test'])}) differ from those "
             f"of {splits['train']} ({len(classes['train'])}); both splits need the same classes"
         )
@@ -133,7 +134,7 @@ def list_image_folders(
         for label, name in enumerate(classes["train"]):
             names = _image_names(folder / name)
             if not names:
-                raise ValueError(
+                raise InputError(
                     f"{folder / name} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
                 )
             files += [os.path.join(folder, name, file_name) for file_name in names]

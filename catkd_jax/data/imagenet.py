@@ -19,6 +19,7 @@ import numpy as np
 
 from catkd_jax.data import augment
 from catkd_jax.data.base import SHUFFLE, DataSource, import_tensorflow, positive_int
+from catkd_jax.errors import ConfigError, InputError, MissingInputError
 
 
 DEFAULT_SHUFFLE_BUFFER = 16384  # records in the TFDS source's shuffle buffer
@@ -182,7 +183,7 @@ class TFDSImageSource(_StreamedImages):
         process_count: int | None = None,
     ) -> None:
         if reserved_classes or reserved_rate != 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.reserved_classes={reserved_classes} and reserved_rate="
                 f"{reserved_rate} need every training label up front, which the streamed TFDS "
                 f"{self.NAME} does not read; use 0 and 1.0, or image folders with "
@@ -198,12 +199,12 @@ class TFDSImageSource(_StreamedImages):
         self.num_train = info.splits["train"].num_examples
         self.num_eval = info.splits["validation"].num_examples
         if self.num_train < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.num_train} training examples, fewer than one batch of "
                 f"config.batch_size={batch_size}; lower the batch size"
             )
         if self.num_eval == 0:
-            raise ValueError("the validation split is empty; it needs at least one example")
+            raise InputError("the validation split is empty; it needs at least one example")
         self.steps_per_epoch = self.num_train // batch_size
 
     def _slice(self, count: int) -> tuple[int, int]:
@@ -300,7 +301,7 @@ def _imagenet_builder(name: str, data_dir: str) -> Any:
             if len(missing) == 2 or not builder.info.splits
             else f"is prepared without its {' and '.join(missing)} split"
         )
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"TFDS data set {name!r} {state}: TFDS looked in {builder.data_dir} "
             f"(config.data.dir={data_dir!r}{', the TFDS default' if not data_dir else ''}), "
             "and this pipeline never downloads. TFDS cannot download ImageNet: register at "

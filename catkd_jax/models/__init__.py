@@ -31,6 +31,7 @@ from catkd_jax.models import (
     vgg,
     wrn,
 )
+from catkd_jax.errors import ConfigError
 from catkd_jax.models.layers import Dtype
 
 _P = functools.partial
@@ -84,7 +85,8 @@ def list_models() -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """Resolves an alias or a differently-cased name; raises `ValueError` listing valid names."""
+    """Resolves an alias or a differently-cased name; raises `ConfigError` (a `ValueError`) listing
+    valid names."""
     if name in _REGISTRY:
         return name
     if name in _ALIASES:
@@ -92,7 +94,7 @@ def canonical_name(name: str) -> str:
     by_lower = {key.lower(): key for key in (*_REGISTRY, *_ALIASES)}
     if name.lower() in by_lower:
         return canonical_name(by_lower[name.lower()])
-    raise ValueError(
+    raise ConfigError(
         f"unknown architecture {name!r}; valid names: {', '.join(_REGISTRY)} "
         f"(aliases: {', '.join(_ALIASES)})"
     )

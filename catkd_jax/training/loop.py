@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 
 from catkd_jax import checkpoints, interruption, methods, record, runs, sharding
-from catkd_jax.console import UserError, report
+from catkd_jax.console import report
+from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.data import create_source
 from catkd_jax.models import canonical_name, create_model
 from catkd_jax.training.evaluate import evaluate_runs
@@ -146,7 +147,7 @@ def train_and_evaluate(
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     if config.num_epochs < 1:
-        raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
+        raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
     methods.get_method(config.method)
     plan = runs.plan_runs(config)
     directories = plan.directories(workdir)

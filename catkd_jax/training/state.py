@@ -13,14 +13,14 @@ import numpy as np
 import optax
 
 from catkd_jax import checkpoints, runs
-from catkd_jax.console import UserError
+from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.training.optim import create_optimizer
 from catkd_jax.types import Variables
 
 
 def activation_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     if config.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+        raise ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     return jnp.dtype(config.dtype)
 
 

@@ -14,6 +14,7 @@ from catkd_jax.console import report
 from catkd_jax.models import create_model, folding
 from catkd_jax.training.state import activation_dtype
 from catkd_jax.types import Variables
+from catkd_jax.errors import ConfigError
 
 
 def teacher_inference_variables(
@@ -53,7 +54,7 @@ def load_teacher(
     if not _has_checkpoint(path):
         if not config.teacher.train_if_missing:
             where = f"config.teacher.checkpoint={path!r} does not exist" if path else "config.teacher.checkpoint is empty"
-            raise ValueError(
+            raise ConfigError(
                 f"method {config.method!r} needs a teacher but {where}. Point it at a workdir, "
                 "checkpoint, converted model or .pth, or set config.teacher.train_if_missing=True"
             )

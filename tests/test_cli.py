@@ -1,0 +1,67 @@
+"""The command line's answers to user mistakes: one `error:` line naming the problem and the
+remedy, exit code 2 (a setting or usage) or 1 (an input), no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+DEFAULT = str(REPO_ROOT / "configs" / "default.py")
+# tiny_config's settings as flags: a run that would start at once if nothing were wrong.
+TINY = ["--config.method=vanilla", "--config.student.arch=resnet8", "--config.data.name=cifar10",
+        "--config.data.source=synthetic", "--config.data.synthetic_train_size=64",
+        "--config.data.synthetic_test_size=40", "--config.batch_size=16", "--config.eval_batch_size=16"]
+
+
+def _main(*flags: str, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *flags], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _error_line(completed: subprocess.CompletedProcess) -> str:
+    """The one error line of stderr, after checking there is nothing else of note."""
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, completed.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags, code, expected", [
+    (["--config", "configs/no_such_file.py"], 2, r"--config configs/no_such_file.py: no such config file; pass one"),
+    (["--config", DEFAULT, "--config.cat_kd.betta=1"], 2,
+     r"--config.cat_kd.betta: the config has no field 'betta'. Did you mean \"beta\" instead of \"betta\"\?"),
+    (["--config", DEFAULT, "--config.cat_kd.beta=abc"], 2, r"could not convert string to float: 'abc'"),
+    (["--config", DEFAULT, *TINY, "--config.student.arch=resnet9000"], 2,
+     r"unknown architecture 'resnet9000'; valid names: .*resnet8"),
+    (["--config", DEFAULT, *TINY, "--config.method=cat_kd", "--config.teacher.checkpoint=/no/such/teacher"], 2,
+     r"method 'cat_kd' needs a teacher but config.teacher.checkpoint='/no/such/teacher' does not exist. Point it"),
+    (["--config", DEFAULT, "--mode", "eval"], 2, r"--mode eval needs --checkpoint"),
+    (["--config", DEFAULT, "positional"], 2, r"unexpected arguments: positional. Flags take the form --name=value"),
+], ids=["missing config", "misspelt field", "bad value", "unknown arch", "missing teacher",
+        "eval without checkpoint", "stray argument"])
+def test_a_user_mistake_is_one_line_with_its_remedy_and_an_exit_code(flags, code, expected, tmp_path):
+    workdir = tmp_path / "run"
+    completed = _main(*flags, "--workdir", str(workdir), "--config.num_epochs=1", cwd=REPO_ROOT)
+    assert completed.returncode == code, completed.stderr[-3000:]
+    line = _error_line(completed)
+    assert re.search(expected, line), line
+    assert not workdir.exists()  # refused before anything was written
+
+
+def test_a_file_that_is_not_a_weights_only_pth_is_refused_in_our_words(tmp_path):
+    pytest.importorskip("torch")
+    fake = tmp_path / "teacher.pth"
+    fake.write_bytes(b"not a checkpoint at all")
+    completed = _main("--config", DEFAULT, *TINY, "--mode", "eval", "--checkpoint", str(fake),
+                      "--workdir", str(tmp_path / "run"), cwd=tmp_path)
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    line = _error_line(completed)
+    assert f"{fake} is not a PyTorch checkpoint of tensors only" in line and "nothing in it was executed" in line
+    assert "weights_only=False" not in completed.stderr
