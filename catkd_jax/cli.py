@@ -17,14 +17,17 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catkd_jax import interruption, probe, quickstart, sharding, training, visualize
+from catkd_jax import interruption, probe, quickstart, record, recorded_config, sharding, training, visualize
+from catkd_jax.console import report
 from catkd_jax.errors import ConfigError, UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file. Optional for --mode eval|visualize|linear_probe of a workdir: "
+    "then the config the workdir recorded (its config.json).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "eval", "visualize", "linear_probe"],
-    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams.png); linear_probe "
+    "train; eval (prints top-1/top-5/loss); visualize (writes <workdir>/cams_<checkpoint name>.png); linear_probe "
     "(a linear classifier on the frozen network's features of config.probe.data, "
     "writes <workdir>/linear_probe.json).",
 )
@@ -36,7 +39,8 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "Training: fields (e.g. optim.lr) that may differ from the workdir's config.json when resuming; "
     "each change is logged in <workdir>/config_changes.jsonl.",
 )
-flags.mark_flags_as_required(["config"])
+# Modes that read a trained network, and so may take its workdir's recorded config.
+_READING_MODES = ("eval", "visualize", "linear_probe")
 
 
 def main(argv: list[str]) -> None:
@@ -107,10 +111,17 @@ def _dispatch() -> None:
     logging.info("JAX process %d of %d; %d local and %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].platform)
+    if not flags.FLAGS["config"].present:
+        raise ConfigError("--config is needed: a config file such as configs/quickstart.py (eval, visualize and "
+                          "linear_probe of a workdir use its recorded config.json without it)")
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     config = _loaded_config(config_path)
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(config_path.split(":")[0]).stem)
-    if _MODE.value in ("eval", "visualize", "linear_probe") and not _CHECKPOINT.value:
+    if config_path.startswith(recorded_config.__file__ + ":"):
+        recorded = pathlib.Path(config_path.split(":", 1)[1])
+        report(f"Config: {recorded}, recorded by the run (pass --config to use another).")
+        workdir = _WORKDIR.value or str(recorded.parent)  # outputs go beside the run they describe
+    if _MODE.value in _READING_MODES and not _CHECKPOINT.value:
         raise ConfigError(f"--mode {_MODE.value} needs --checkpoint (a workdir, checkpoint directory or .pth)")
     if _MODE.value == "eval":
         training.evaluate(config, _CHECKPOINT.value)
@@ -148,23 +159,35 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a missing config file or a misspelt `--config.FIELD` told in one
     line instead of a traceback."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_with_recorded_config(argv))
     except flags.Error as error:
         message = f"{error}. Run with --helpshort to list the flags"
     except OSError as error:  # a `--config.FIELD` override of a config that failed to load
-        message = str(_config_load_error(_config_argument(argv), error))
+        message = str(_config_load_error(_flag_value(argv, "config"), error))
     except (AttributeError, KeyError) as error:  # an override of a field the config does not have
         message = _unknown_field_message(argv, error)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(ConfigError.exit_code)
 
 
-def _config_argument(argv: list[str]) -> str:
-    """The value of `--config` in `argv` ('' if absent)."""
+def _with_recorded_config(argv: list[str]) -> list[str]:
+    """`argv`, with `--config` set to the recorded config of a checkpoint that a reading mode
+    (`--mode eval|visualize|linear_probe`) is given without `--config`."""
+    mode, checkpoint = _flag_value(argv, "mode"), _flag_value(argv, "checkpoint")
+    if _flag_value(argv, "config") or mode not in _READING_MODES or not checkpoint:
+        return argv
+    recorded = record.find(checkpoint)
+    if recorded is None:
+        return argv
+    return [argv[0], "--config", f"{recorded_config.__file__}:{recorded}", *argv[1:]]
+
+
+def _flag_value(argv: list[str], name: str) -> str:
+    """The value of `--name` in `argv` ('' if absent); not of `--name.FIELD` overrides."""
     for index, arg in enumerate(argv):
-        if arg == "--config" and index + 1 < len(argv):
+        if arg == f"--{name}" and index + 1 < len(argv):
             return argv[index + 1]
-        if arg.startswith("--config="):
+        if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
     return ""
 

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import console, runs, sharding, training
+from catkd_jax import console, outputs, runs, sharding, training
 from catkd_jax.data import DATASETS, SHAPES_CLASSES, create_source
 from catkd_jax.types import Variables
 from catkd_jax.errors import ConfigError, InputError
@@ -349,6 +349,8 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
       "recipe" (`config.probe` less data), "seed", "extract_seconds", "fit_seconds".
     """
     _check_probe_data(config)
+    result_path = pathlib.Path(workdir) / RESULT_FILE
+    existed = outputs.check_writable(result_path) if jax.process_index() == 0 else False
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     source = create_source(probe_source_config(config))
@@ -372,9 +374,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
         fit_seconds=time.time() - extracted,
     )
     if jax.process_index() == 0:
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        result_path.write_text(json.dumps(result, indent=2) + "\n")
     console.report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
-            f"{result['num_features']} features)")
+                   f"{result['num_features']} features) -> {result_path}{outputs.replaced_note(result_path, existed)}")
     return result

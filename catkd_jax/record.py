@@ -10,6 +10,7 @@ in which case `config_changes.jsonl` keeps the recorded and the new value of eac
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 from typing import Any, Sequence
@@ -84,3 +85,18 @@ def write(workdir: pathlib.Path, config: ml_collections.ConfigDict, changes: dic
     path, text = workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n"
     if not path.is_file() or path.read_text() != text:  # a resume that changes nothing writes nothing
         path.write_text(text)
+
+
+def find(checkpoint: str | os.PathLike) -> pathlib.Path | None:
+    """The `config.json` that records how `checkpoint` was made, if any: in it (a workdir, or a
+    run of a multi-run workdir) or in the workdir above it (its `checkpoints/` or one step)."""
+    path = pathlib.Path(checkpoint)
+    for directory in (path, path.parent, path.parent.parent)[: 3 if path.is_dir() else 0]:
+        if (directory / CONFIG_FILE).is_file():
+            return directory / CONFIG_FILE
+    return None
+
+
+def read(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a `config.json` records."""
+    return ml_collections.ConfigDict(json.loads(pathlib.Path(path).read_text()))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from catkd_jax import losses, methods, training
+from catkd_jax import losses, methods, outputs, training
 from catkd_jax.data import DataSource, create_source
 from catkd_jax.errors import ConfigError
 
@@ -405,11 +405,22 @@ def network_outputs(
     return info["arch"], (logits, features, variables["params"]["classifier"]["kernel"])
 
 
+def figure_name(checkpoint: str | os.PathLike) -> str:
+    """`cams_<name>.png`, named after the checkpoint drawn: its workdir's name (or a `.pth`'s stem)."""
+    path = pathlib.Path(checkpoint).resolve()
+    if path.name.isdigit() and path.parent.name == "checkpoints":  # one step of a workdir
+        path = path.parent.parent
+    elif path.name == "checkpoints":
+        path = path.parent
+    return f"cams_{path.stem if path.suffix == '.pth' else path.name}.png"
+
+
 def visualize(
     config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, output_dir: str | os.PathLike,
     num_images: int = 8
 ) -> pathlib.Path:
-    """Draws the CAMs of the student at `checkpoint` (and its teacher) into `output_dir/cams.png`.
+    """Draws the CAMs of the student at `checkpoint` (and its teacher) into
+    `output_dir/figure_name(checkpoint)`, e.g. `cams_cat_kd.png` for a workdir `.../cat_kd`.
 
     The first `num_images` test images of `config`'s data; the student is read from
     `checkpoint` (any form `checkpoints.load_variables` reads; a `.pth` takes its architecture
@@ -422,6 +433,8 @@ def visualize(
     """
     if num_images < 1:
         raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    figure = pathlib.Path(output_dir) / figure_name(checkpoint)
+    existed = outputs.check_writable(figure)
     source = create_source(config)
     batch = first_test_examples(source, num_images)
     images, num_classes = batch["image"], source.num_classes
@@ -431,16 +444,16 @@ def visualize(
     teacher_path = config.teacher.checkpoint
     if methods.needs_teacher(config.method):
         if teacher_path and pathlib.Path(teacher_path).exists():
-            arch, outputs = network_outputs(teacher_path, config.teacher.arch, num_classes, images, dtype)
-            networks[f"teacher {arch}"] = outputs
+            arch, teacher_outputs = network_outputs(teacher_path, config.teacher.arch, num_classes, images, dtype)
+            networks[f"teacher {arch}"] = teacher_outputs
         else:
             print(f"No teacher at config.teacher.checkpoint={teacher_path!r}; drawing the student only.")
-    arch, outputs = network_outputs(checkpoint, config.student.arch, num_classes, images, dtype)
-    networks[f"student {arch}"] = outputs
+    arch, student_outputs = network_outputs(checkpoint, config.student.arch, num_classes, images, dtype)
+    networks[f"student {arch}"] = student_outputs
 
     class_names = getattr(source, "class_names", None) or [str(i) for i in range(num_classes)]
     path = save_cam_figure(
-        pathlib.Path(output_dir) / "cams.png",
+        figure,
         images,
         batch["label"],
         class_names,
@@ -449,5 +462,5 @@ def visualize(
         normalize=config.cat_kd.normalize,
         boxes=batch.get("box"),
     )
-    print(f"CAM figure: {path}")
+    print(f"CAM figure: {path}{outputs.replaced_note(path, existed)}")
     return path

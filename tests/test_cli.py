@@ -65,3 +65,39 @@ def test_a_file_that_is_not_a_weights_only_pth_is_refused_in_our_words(tmp_path)
     line = _error_line(completed)
     assert f"{fake} is not a PyTorch checkpoint of tensors only" in line and "nothing in it was executed" in line
     assert "weights_only=False" not in completed.stderr
+
+
+def test_eval_of_a_workdir_uses_its_recorded_config_and_overrides_apply_on_top(tmp_path):
+    workdir = tmp_path / "run"
+    # Settings the default config does not have: evaluated with the default's, this would fail
+    # (TFDS data, not prepared here) or measure another data set.
+    trained = _main("--config", DEFAULT, *TINY, "--config.data.synthetic_test_size=24", "--config.num_epochs=1",
+                    "--workdir", str(workdir), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    recorded = (workdir / "config.json").read_text()
+
+    evaluated = _main("--mode", "eval", "--checkpoint", str(workdir), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"Config: {workdir / 'config.json'}, recorded by the run" in evaluated.stdout
+    assert re.search(r"top1 [\d.]+ top5 [\d.]+ loss [\d.]+ \(24 images\)", evaluated.stdout), evaluated.stdout
+
+    # Overrides apply on top of the recorded config; a step directory finds the workdir's record.
+    (step,) = (workdir / "checkpoints").iterdir()
+    overridden = _main("--mode", "eval", "--checkpoint", str(step), "--config.eval_batch_size=8", cwd=tmp_path)
+    assert overridden.returncode == 0, overridden.stderr[-3000:]
+    assert re.search(r"\(24 images\)", overridden.stdout), overridden.stdout
+    assert (workdir / "config.json").read_text() == recorded  # evaluating writes nothing
+
+    # Without a record, a reading mode still needs --config, and says so.
+    bare = _main("--mode", "eval", "--checkpoint", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert bare.returncode == 2 and "--config is needed" in _error_line(bare)
+
+
+def test_the_convert_command_refuses_an_existing_output_first_in_one_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "catkd_jax.convert", "--arch", "resnet8", "--checkpoint", str(tmp_path / "absent.pth"),
+         "--output", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert _error_line(completed) == f"error: --output {tmp_path} already exists; choose a new output directory " \
+                                     "(nothing was converted)"

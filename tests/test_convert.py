@@ -11,7 +11,7 @@ import pytest
 
 from catkd_jax import checkpoints, convert
 from catkd_jax.convert import cli as convert_cli
-from catkd_jax.errors import InputError
+from catkd_jax.errors import ConfigError, InputError
 from catkd_jax.models import create_model
 from conftest import shared_path
 from test_models import ARCHS
@@ -134,6 +134,7 @@ def test_cli_writes_a_model_directory_that_loads_back(tmp_path):
     assert info["arch"] == "resnet8" and info["num_classes"] == 100
     logits, _ = create_model(info["arch"]).apply(variables, jnp.asarray(reference["images_nhwc"]), train=False)
     np.testing.assert_allclose(logits, reference["logits"], rtol=1e-4, atol=1e-4 * np.abs(reference["logits"]).max())
-    with pytest.raises(FileExistsError, match="already exists"):
-        convert_cli.main(["--arch", "resnet8", "--checkpoint", str(checkpoint), "--output", str(output)])
+    # An existing --output is refused before the (slow) conversion: even a missing input is not read.
+    with pytest.raises(ConfigError, match="already exists; choose a new output directory"):
+        convert_cli.main(["--arch", "resnet8", "--checkpoint", str(tmp_path / "absent.pth"), "--output", str(output)])
     assert not list(tmp_path.glob(".teacher.partial-*")), "no staging directory left behind"

@@ -21,7 +21,7 @@ from catkd_jax.models.layers import global_avg_pool
 from conftest import REPO_ROOT, tiny_config
 from catkd_jax import default_config as default
 
-PROBE_LINE = re.compile(r"^linear probe top1 (\d+\.\d\d) \((\d+) test images, (\d+) features\)$", re.M)
+PROBE_LINE = re.compile(r"^linear probe top1 (\d+\.\d\d) \((\d+) test images, (\d+) features\) -> (\S+)$", re.M)
 
 
 def gaussian_clusters(rng, size, means, scale=1.0):
@@ -230,6 +230,7 @@ def test_probe_of_a_trained_student_end_to_end_and_through_main(teacher_dir, tmp
     line = PROBE_LINE.search(capsys.readouterr().out)
     assert line, "no probe line printed"
     assert (float(line[1]), int(line[2]), int(line[3])) == (round(result["top1"], 2), 40, 64)
+    assert line[4] == str(tmp_path / "probe" / probe.RESULT_FILE)
     written = json.loads((tmp_path / "probe" / probe.RESULT_FILE).read_text())
     assert written["top1"] == result["top1"] and 0.0 <= written["top1"] <= 100.0
     sizes = tuple(written[key] for key in ("num_train", "num_test", "num_features", "num_classes"))

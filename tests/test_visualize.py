@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from catkd_jax import training, visualize
+from catkd_jax import visualize
 from conftest import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -132,19 +132,22 @@ def test_cam_figure_refuses_mismatched_shapes(tmp_path):
                                   resolution=2, normalize=False, boxes=np.zeros((2, 2)))
 
 
-def test_visualize_draws_a_trained_checkpoint(tmp_path, capsys):
+def test_visualize_draws_a_trained_checkpoint(teacher_dir, tmp_path, capsys):
     config = tiny_config()
     config.data.synthetic_test_size = 16
-    training.train_and_evaluate(config, tmp_path)
-    path = visualize.visualize(config, tmp_path, tmp_path / "fig", num_images=4)
-    assert path == tmp_path / "fig" / "cams.png" and path.is_file()
+    path = visualize.visualize(config, teacher_dir, tmp_path / "fig", num_images=4)
+    assert path == tmp_path / "fig" / f"cams_{teacher_dir.name}.png" and path.is_file()  # named after the run
     width, height = visualize.cam_figure_size(4, 1, 2, resolution=config.cat_kd.resolution,
                                               normalize=config.cat_kd.normalize)
     assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
     assert capsys.readouterr().out.strip().endswith(f"CAM figure: {path}")
+    # One step of the same run: the same name, and the command says what it replaced.
+    step = next((teacher_dir / "checkpoints").iterdir())
+    assert visualize.visualize(config, step, tmp_path / "fig", num_images=4) == path
+    assert capsys.readouterr().out.strip().endswith(f"CAM figure: {path} (replacing the earlier {path.name})")
     # A distillation config draws its teacher too: two networks.
-    config = tiny_config(method="cat_kd", teacher__checkpoint=str(tmp_path))
-    path = visualize.visualize(config, tmp_path, tmp_path / "fig2", num_images=2)
+    config = tiny_config(method="cat_kd", teacher__checkpoint=str(teacher_dir))
+    path = visualize.visualize(config, teacher_dir, tmp_path / "fig2", num_images=2)
     width, height = visualize.cam_figure_size(2, 2, 2, resolution=config.cat_kd.resolution,
                                               normalize=config.cat_kd.normalize)
     assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))

@@ -51,7 +51,7 @@ _LEAF_NAMES = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A state dict does not fit the architecture; the message lists every problem."""
 
 

@@ -2,4 +2,4 @@
 
 from catkd_jax.convert import cli
 
-cli.main()
+cli.run()

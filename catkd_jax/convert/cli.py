@@ -9,9 +9,12 @@ count is read from the checkpoint's classifier unless `--num-classes` is given.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from catkd_jax import checkpoints
 from catkd_jax.convert import checkpoint_num_classes, from_torch_state_dict, load_torch_checkpoint
+from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.models import canonical_name, create_model
 
 
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
         help="class count (default: the rows of the checkpoint's classifier)",
     )
     args = parser.parse_args(argv)
+    if os.path.lexists(args.output):  # before the conversion, which reads and checks the whole file
+        raise ConfigError(f"--output {args.output} already exists; choose a new output directory "
+                          "(nothing was converted)")
 
     arch = canonical_name(args.arch)
     state_dict = load_torch_checkpoint(args.checkpoint)
@@ -42,3 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints.save_model(args.output, variables, arch=arch, num_classes=num_classes)
     print(f"wrote {arch} ({num_classes} classes) to {args.output}")
 
+
+
+def run() -> None:
+    """The command (`python -m catkd_jax.convert`, `catkd-jax-convert`): a user error is one line."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
