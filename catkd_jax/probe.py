@@ -374,6 +374,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
         fit_seconds=time.time() - extracted,
     )
     if jax.process_index() == 0:
+        result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.write_text(json.dumps(result, indent=2) + "\n")
     console.report(f"linear probe top1 {result['top1']:.2f} ({result['num_test']} test images, "
                    f"{result['num_features']} features) -> {result_path}{outputs.replaced_note(result_path, existed)}")

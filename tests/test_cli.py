@@ -101,3 +101,15 @@ def test_the_convert_command_refuses_an_existing_output_first_in_one_line(tmp_pa
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert _error_line(completed) == f"error: --output {tmp_path} already exists; choose a new output directory " \
                                      "(nothing was converted)"
+
+
+def test_a_workdir_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    # A teacher that would be trained first (an hour, at full size) if the check came later.
+    completed = _main("--config", DEFAULT, *TINY, "--config.method=cat_kd", "--config.teacher.train_if_missing=True",
+                      "--workdir", str(blocker / "run"), cwd=tmp_path)
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert _error_line(completed) == (f"error: cannot write {blocker / 'run' / 'config.json'}: {blocker} is a file, "
+                                      "not a directory; choose another --workdir")
+    assert "Training the teacher" not in completed.stdout and blocker.read_text() == "not a directory"

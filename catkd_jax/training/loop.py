@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import checkpoints, interruption, methods, record, runs, sharding
+from catkd_jax import checkpoints, interruption, methods, outputs, record, runs, sharding
 from catkd_jax.console import report
 from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.data import create_source
@@ -161,6 +161,7 @@ def train_and_evaluate(
     student_arch = canonical_name(config.student.arch)
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
     weights = initial_weights(config, student, source.image_shape)
+    outputs.check_writable(workdir / record.CONFIG_FILE)  # before a teacher trains for an hour
     resuming = any(checkpoints.has_training_checkpoints(directory) for directory in directories)
     changes = record.check_resume(workdir, config, allow_changes) if resuming else {}
     teacher, teacher_variables = load_teacher(config, workdir, source.num_classes, source.image_shape,
