@@ -86,6 +86,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, over all devices and hosts
     config.eval_batch_size = 64  # global; the last test batch is padded and masked
     config.num_epochs = 240
+    # Every this many training steps (0: never), each run's mean loss and accuracy over those
+    # steps, the learning rate and the images/s go to metrics.jsonl (records with "step") and to
+    # TensorBoard (tags "steps/..."). When stderr is not a terminal (a log file, a batch job),
+    # the progress bar is replaced by a line at the same steps (every tenth of an epoch when 0).
+    config.log_every_steps = 0
     config.seed = 0  # initialisation, data order and augmentation derive from it
     config.dtype = "float32"  # activation dtype: 'float32' or 'bfloat16' (parameters stay f32)
 

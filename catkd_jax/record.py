@@ -22,7 +22,7 @@ from catkd_jax.errors import UserError
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
 # Dotted fields, or sections ending in ".", that may change when a run resumes.
-NEUTRAL_FIELDS = ("num_epochs", "eval_batch_size", "checkpoint.", "probe.")
+NEUTRAL_FIELDS = ("num_epochs", "eval_batch_size", "log_every_steps", "checkpoint.", "probe.")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -222,3 +222,32 @@ def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, t
     with pytest.raises(ValueError, match="arch 'resnet8' but the config asks for 'resnet20'"):
         training.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir), student__arch="resnet20"),
                                  tmp_path / "b")
+
+
+def test_step_records_log_the_steps_since_the_previous_one_and_a_resume_keeps_only_those_before_it(tmp_path, capsys):
+    config = tiny_config(num_epochs=2, log_every_steps=2)  # 4 steps per epoch: records at steps 2, 4, 6, 8
+    training.train_and_evaluate(config, tmp_path)
+    records = read_metrics(tmp_path)
+    steps = [r for r in records if r.get("record") == "steps"]
+    epochs = [r for r in records if "step" not in r]
+    assert [(r["epoch"], r["step"]) for r in steps] == [(1, 2), (1, 4), (2, 6), (2, 8)]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for epoch in (1, 2):  # the two intervals of an epoch make up its mean: equal weights, 2 steps each
+        pair = [r for r in steps if r["epoch"] == epoch]
+        (record,) = [r for r in epochs if r["epoch"] == epoch]
+        assert np.mean([r["train_loss"] for r in pair]) == pytest.approx(record["train_loss"], rel=1e-5)
+        assert np.mean([r["train_acc"] for r in pair]) == pytest.approx(record["train_acc"], rel=1e-5)
+    assert all(r["lr"] == pytest.approx(0.05) and r["images_per_sec"] > 0 for r in steps)
+    # stderr is not a terminal here: progress lines at the same steps, no carriage returns.
+    out = capsys.readouterr()
+    assert "epoch 2/2 step 2/4: train loss" in out.out and "\r" not in out.err
+
+    # Resumed from the end of epoch 1, the records of later steps go, the earlier ones stay.
+    checkpoints_dir = tmp_path / "checkpoints"
+    newest = max(checkpoints_dir.iterdir(), key=lambda path: int(path.name))
+    shutil.rmtree(newest)
+    training.train_and_evaluate(config, tmp_path)
+    resumed = read_metrics(tmp_path)
+    assert [(r["epoch"], r.get("step")) for r in resumed] == [(1, 2), (1, 4), (1, None), (2, 6), (2, 8), (2, None)]
+    assert resumed[:3] == records[:3]  # kept as written
+    assert [r["train_loss"] for r in resumed[3:]] == [r["train_loss"] for r in records[3:]]  # replayed exactly

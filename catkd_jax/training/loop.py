@@ -14,8 +14,9 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -33,35 +34,48 @@ from catkd_jax.training.steps import accumulate, make_multi_run_eval_step, make_
 from catkd_jax.training.teacher import load_teacher
 
 
-class _EpochLog:
-    """metrics.jsonl and TensorBoard scalars, written by the first process only."""
+class _MetricsLog:
+    """metrics.jsonl and TensorBoard scalars of one run, written by the first process only.
 
-    def __init__(self, workdir: pathlib.Path, resumed_epoch: int):
+    Epoch records (`epoch`, train and test metrics) and, with `config.log_every_steps`, step
+    records (`record: "steps"`, `epoch`, `step`, mean loss and accuracy since the previous one,
+    `lr`, `images_per_sec`; TensorBoard tags `steps/...` over the global step).
+    """
+
+    def __init__(self, workdir: pathlib.Path, resumed_epoch: int, resumed_step: int):
         self.enabled = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
         if not self.enabled:
             return
-        if self.path.exists():  # drop epochs after the checkpoint being resumed from
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["epoch"] <= resumed_epoch]
+        if self.path.exists():  # drop what was logged after the checkpoint being resumed from
+            kept = [line for line in self.path.read_text().splitlines() if line and _logged_before(
+                json.loads(line), resumed_epoch, resumed_step)]
             self.path.write_text("".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
 
         self.writer = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Appends an epoch record, or a step record (one with "step")."""
         if not self.enabled:
             return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+        prefix, x = ("steps/", record["step"]) if "step" in record else ("", record["epoch"])
         for name, value in record.items():
-            if name != "epoch":
-                self.writer.add_scalar(name, value, record["epoch"])
+            if name not in ("epoch", "step", "record"):
+                self.writer.add_scalar(prefix + name, value, x)
         self.writer.flush()
 
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+
+
+def _logged_before(record: dict[str, Any], resumed_epoch: int, resumed_step: int) -> bool:
+    if "step" in record:
+        return record["step"] <= resumed_step
+    return record["epoch"] <= resumed_epoch
 
 
 @dataclasses.dataclass
@@ -148,6 +162,8 @@ def train_and_evaluate(
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     if config.num_epochs < 1:
         raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
+    if config.log_every_steps < 0:
+        raise ConfigError(f"config.log_every_steps must be >= 0 (0: never), got {config.log_every_steps}")
     methods.get_method(config.method)
     plan = runs.plan_runs(config)
     directories = plan.directories(workdir)
@@ -228,7 +244,24 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                          donate_argnums=0)
     eval_step = jax.jit(make_multi_run_eval_step(student, plan, vectorize))
     schedules = [learning_rate_schedule(run_config, steps_per_epoch) for run_config in run_configs]
-    logs = [_EpochLog(directory, progress.epoch - 1) for directory in directories]
+    resumed_step = (progress.epoch - 1) * steps_per_epoch + progress.epoch_step
+    logs = [_MetricsLog(directory, progress.epoch - 1, resumed_step) for directory in directories]
+
+    def log_steps(epoch: int, global_step: int, interval_sums: dict[str, np.ndarray], seconds: float) -> None:
+        """Each run's step record of the steps since the previous one; a line when not on a terminal."""
+        steps = float(interval_sums["count"][0]) / config.batch_size
+        images_per_sec = steps * config.batch_size / max(seconds, 1e-9)
+        means = _mean_train_metrics(interval_sums)
+        if config.log_every_steps:
+            for k, log in enumerate(logs):
+                log.write(dict(record="steps", epoch=epoch, step=global_step,
+                               lr=float(schedules[k](global_step - 1)), **means[k], images_per_sec=images_per_sec))
+        if not sys.stderr.isatty():
+            loss = np.mean([m["train_loss"] for m in means])
+            accuracy = np.mean([m["train_acc"] for m in means])
+            report(f"epoch {epoch}/{config.num_epochs} step {global_step - (epoch - 1) * steps_per_epoch}/"
+                   f"{steps_per_epoch}: train loss {loss:.4f} acc {accuracy:.2f}% | {images_per_sec:.0f} images/s")
+
     info = dict(arch=canonical_name(config.student.arch), num_classes=source.num_classes,
                 classifier_bias=config.student.classifier_bias)
     step = lambda state, batch: train_step(state, batch, teacher_variables, values)
@@ -255,7 +288,8 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
             for epoch in range(progress.epoch, config.num_epochs + 1):
                 started = time.time()
                 state, sums, epoch_step = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs,
-                                                       progress, stop)
+                                                       progress, stop, _log_interval(config, steps_per_epoch),
+                                                       log_steps)
                 global_step = (epoch - 1) * steps_per_epoch + epoch_step
                 if epoch_step < steps_per_epoch:  # stopped mid-epoch
                     save(jax.device_get(state.as_dict()), epoch, global_step, [None] * len(plan.runs),
@@ -343,24 +377,36 @@ def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.
 _STEPS_IN_FLIGHT = 2
 
 
+def _log_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Global steps between step logs: `config.log_every_steps`; else, when stderr is not a
+    terminal (no progress bar), a tenth of an epoch; else 0 (none)."""
+    if config.log_every_steps or sys.stderr.isatty():
+        return config.log_every_steps
+    return max(1, steps_per_epoch // 10)
+
+
 def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progress,
-                 stop: interruption.StopRequests) -> tuple[TrainState, dict[str, np.ndarray], int]:
+                 stop: interruption.StopRequests, log_every: int = 0,
+                 log_steps: Callable[..., None] | None = None) -> tuple[TrainState, dict[str, np.ndarray], int]:
     """The epoch's training steps from `progress.epoch_step` on, until done or asked to stop.
 
     `step(state, batch) -> (state, metrics)` is the multi-run step; `sources` holds one
     source (inputs shared by all runs) or one per run. Returns the state, the epoch's per-step
     metric sums (`[R]` each, `progress.epoch_sums` included) and the epoch's steps done: fewer
     than `steps_per_epoch` when `stop` asked for it. The epoch's last step is not offered to
-    `stop`: the caller evaluates first.
+    `stop`: the caller evaluates first. Every `log_every` global steps, `log_steps(epoch,
+    global_step, sums since the previous call or the epoch's start, seconds since then)`. A
+    progress bar shows on a terminal only.
     """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     steps_per_epoch = sources[0].steps_per_epoch
     done = progress.epoch_step
     totals, in_flight, last_refresh = progress.epoch_sums, collections.deque(), time.time()
+    logged, logged_at = progress.epoch_sums, time.time()
     batches = runs.stacked_batches(sources, lambda source: source.train_batches(epoch, done))
     with tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch}/{num_epochs}", leave=False,
-              disable=jax.process_index() != 0) as bar:
+              disable=jax.process_index() != 0 or not sys.stderr.isatty()) as bar:
         for batch in sharding.prefetch(batches, mesh, run_axis=len(sources) > 1):
             state, metrics = step(state, batch)
             done += 1
@@ -369,12 +415,18 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progr
             if len(in_flight) > _STEPS_IN_FLIGHT:
                 jax.block_until_ready(in_flight.popleft())  # waits for an older step; copies nothing
                 bar.update()
-            if time.time() - last_refresh > 2.0:  # a transfer to the host, so not every step
+            global_step = (epoch - 1) * steps_per_epoch + done
+            if log_every and global_step % log_every == 0:
+                current = jax.device_get(totals)
+                since = current if logged is None else {name: current[name] - logged[name] for name in current}
+                log_steps(epoch, global_step, since, time.time() - logged_at)
+                logged, logged_at = current, time.time()
+            if not bar.disable and time.time() - last_refresh > 2.0:  # a transfer to the host, so not every step
                 current = jax.device_get(totals)
                 bar.set_postfix(loss=f"{np.mean(current['loss'] / current['count']):.4f}",
                                 acc=f"{np.mean(100 * current['correct'] / current['count']):.2f}%")
                 last_refresh = time.time()
-            if done < steps_per_epoch and stop.should_stop((epoch - 1) * steps_per_epoch + done):
+            if done < steps_per_epoch and stop.should_stop(global_step):
                 break
         sums = jax.device_get(totals)
         bar.update(len(in_flight))
