@@ -3,8 +3,11 @@ remedy, exit code 2 (a setting or usage) or 1 (an input), no traceback, nothing 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -113,3 +116,36 @@ def test_a_workdir_that_cannot_be_created_is_refused_before_any_work(tmp_path):
     assert _error_line(completed) == (f"error: cannot write {blocker / 'run' / 'config.json'}: {blocker} is a file, "
                                       "not a directory; choose another --workdir")
     assert "Training the teacher" not in completed.stdout and blocker.read_text() == "not a directory"
+
+
+def _tree(directory: pathlib.Path) -> dict[str, tuple[str, int]]:
+    """Every file under `directory`: content hash and modification time."""
+    return {str(path.relative_to(directory)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_step_and_the_workdir_is_untouched(teacher_dir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(teacher_dir, workdir)
+    (step,) = (workdir / "checkpoints").iterdir()
+    data = max((path for path in (step / "state").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # as a kill during a copy leaves it
+    before = _tree(workdir)
+    completed = _main("--mode", "eval", "--checkpoint", str(workdir), cwd=tmp_path)
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    line = _error_line(completed)
+    assert f"checkpoint step {step.name} in {workdir / 'checkpoints'} cannot be read" in line
+    assert line.endswith("it is damaged. Evaluate another step (none is left) or restore it from a copy")
+    assert _tree(workdir) == before
+
+
+def test_a_batch_the_devices_do_not_divide_is_one_line(tmp_path):
+    env_flags = "--xla_force_host_platform_device_count=2"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "--config", DEFAULT, *TINY, "--config.batch_size=15",
+         "--workdir", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=env_flags))
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert _error_line(completed) == ("error: config.batch_size=15 is not divisible by the 2 devices; "
+                                      "choose a multiple of 2")
+    assert not (tmp_path / "run").exists()
