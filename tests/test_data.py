@@ -934,3 +934,15 @@ def test_streamed_imagenet_epochs_resume_at_a_step(imagenet_tfds_dir, tmp_path):
     _assert_resumed_epoch_is_the_tail(_tfds_source(imagenet_tfds_dir, 1, 2), 3, 1)
     write_imagenet_folder(tmp_path)
     _assert_resumed_epoch_is_the_tail(_folder_source(tmp_path, data_image_size=32), 2, 1)
+
+
+def test_tensorflows_start_up_lines_show_once():
+    # Its libraries each print the same lines on import (oneDNN, absl's pre-init warning): twice
+    # for a bare `import tensorflow` on this platform.
+    script = "from catkd_jax.data.base import import_tensorflow; import_tensorflow().constant(1)"
+    result = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    texts = [line.split("] ", 1)[-1] for line in result.stderr.splitlines()]
+    assert len(texts) == len(set(texts)), result.stderr
+    assert sum("oneDNN" in text for text in texts) <= 1
