@@ -353,8 +353,8 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
     existed = outputs.check_writable(result_path) if jax.process_index() == 0 else False
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    model, variables, info = load_frozen_network(config, checkpoint)  # before the (slower) data
     source = create_source(probe_source_config(config))
-    model, variables, info = load_frozen_network(config, checkpoint)
     image_size = int(config.probe.data.get("image_size", 0) or 0)
 
     started = time.time()

@@ -31,7 +31,7 @@ import numpy as np
 
 from catkd_jax import losses, methods, outputs, training
 from catkd_jax.data import DataSource, create_source
-from catkd_jax.errors import ConfigError
+from catkd_jax.errors import ConfigError, MissingInputError
 
 DPI = 100
 
@@ -435,6 +435,8 @@ def visualize(
         raise ConfigError(f"num_images must be >= 1, got {num_images}")
     figure = pathlib.Path(output_dir) / figure_name(checkpoint)
     existed = outputs.check_writable(figure)
+    if not pathlib.Path(checkpoint).exists():  # before the data set is read
+        raise MissingInputError(f"no checkpoint at {checkpoint}; pass a workdir, checkpoint or model directory, or a .pth")
     source = create_source(config)
     batch = first_test_examples(source, num_images)
     images, num_classes = batch["image"], source.num_classes
