@@ -246,18 +246,20 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
         step = manager.latest_step() if step is None else step
         if step is None:
             raise MissingInputError(f"{manager_dir} holds no checkpoint yet")
-        try:
-            with _quiet_failed_reads():
+        failure = None
+        with _quiet_failed_reads():
+            try:
                 restored = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
                 )
-        except Exception as error:  # pylint: disable=broad-except  # any damage: say which step, and the others
-            others = [str(other) for other in manager.all_steps() if other != step]
-            where = f"the other steps: {', '.join(str(manager_dir / other) for other in others)}" if others else "none is left"
-            raise InputError(
-                f"checkpoint step {step} in {manager_dir} cannot be read ({_first_line(error)}); it is damaged. "
-                f"Evaluate another step ({where}) or restore it from a copy"
-            ) from error
+            except Exception as error:  # pylint: disable=broad-except  # any damage: say which step, and the others
+                # Only its text leaves: the failed read's frames are collected while the filters are on.
+                failure = _first_line(error)
+        if failure is not None:
+            others = [str(manager_dir / str(other)) for other in manager.all_steps() if other != step]
+            where = f"the other steps: {', '.join(others)}" if others else "none is left"
+            raise InputError(f"checkpoint step {step} in {manager_dir} cannot be read ({failure}); it is damaged. "
+                             f"Evaluate another step ({where}) or restore it from a copy")
     variables = {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
     return variables, dict(restored.meta)
 

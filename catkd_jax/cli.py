@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     except UserError as error:
         if _show_tracebacks():
             traceback.print_exc()
-        _exit_with(f"error: {error}", error.exit_code)
+        _exit_with(f"error: {error}", error.exit_code, last_words=True)
     except interruption.Interrupted as error:
         _exit_with(str(error), error.exit_code)
     except KeyboardInterrupt as error:  # a second Ctrl-C: no checkpoint of this moment
@@ -95,12 +95,15 @@ def _leave_job(error: Exception) -> None:
     os._exit(1)  # pylint: disable=protected-access
 
 
-def _exit_with(message: str, code: int, at_once: bool = False) -> None:
+def _exit_with(message: str, code: int, at_once: bool = False, last_words: bool = False) -> None:
     """Prints `message` (process 0) and exits; `at_once` skips the wait for the job's other
-    processes (see `_leave_job`), for an end they may not share."""
+    processes (see `_leave_job`), for an end they may not share. With `last_words` (a user
+    error), a single process ends at once too: the message is all the user needs, and the
+    threads of a failed checkpoint read (orbax, tensorstore) could still print their own
+    tracebacks ("Event loop is closed") under it while the interpreter shuts down."""
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
-    if at_once and jax.process_count() > 1:
+    if (at_once and jax.process_count() > 1) or (last_words and jax.process_count() == 1):
         sys.stdout.flush()
         os._exit(code)  # pylint: disable=protected-access
     sys.exit(code)

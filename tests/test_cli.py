@@ -16,6 +16,8 @@ import pytest
 from conftest import REPO_ROOT
 
 DEFAULT = str(REPO_ROOT / "configs" / "default.py")
+# The compiler settings of this test process (conftest): compiling is most of a tiny run's time.
+CPU_TEST_SETTINGS = dict(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
 # tiny_config's settings as flags: a run that would start at once if nothing were wrong.
 TINY = ["--config.method=vanilla", "--config.student.arch=resnet8", "--config.data.name=cifar10",
         "--config.data.source=synthetic", "--config.data.synthetic_train_size=64",
@@ -23,7 +25,7 @@ TINY = ["--config.method=vanilla", "--config.student.arch=resnet8", "--config.da
 
 
 def _main(*flags: str, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **CPU_TEST_SETTINGS)
     return subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *flags], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -144,7 +146,7 @@ def test_a_batch_the_devices_do_not_divide_is_one_line(tmp_path):
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "--config", DEFAULT, *TINY, "--config.batch_size=15",
          "--workdir", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=env_flags))
+        env=dict(os.environ, **CPU_TEST_SETTINGS, XLA_FLAGS=env_flags))
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert _error_line(completed) == ("error: config.batch_size=15 is not divisible by the 2 devices; "
                                       "choose a multiple of 2")
