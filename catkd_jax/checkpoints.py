@@ -42,7 +42,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from catkd_jax import convert
+from catkd_jax import console, convert
 from catkd_jax.console import warn
 from catkd_jax.errors import InputError, MissingInputError, UserError
 from catkd_jax.models import canonical_name
@@ -229,6 +229,19 @@ def _quiet_failed_reads() -> Iterator[None]:
         sys.unraisablehook = previous_hook
 
 
+# After orbax gives up on a damaged step, tensorstore's reads still in flight finish on their own
+# threads and print "Event loop is closed" tracebacks straight to stderr; local reads end within
+# this time.
+_LATE_READS_SECONDS = 1.0
+_CLOSED_LOOP_REPORT = ("Traceback (most recent call last):", "asyncio/base_events.py", "self._check_closed()",
+                       "raise RuntimeError('Event loop is closed')", "RuntimeError: Event loop is closed")
+
+
+def _not_a_closed_loop_report(line: str) -> bool:
+    """Whether a stderr line is not one of those reports' lines (nor a blank line between them)."""
+    return bool(line.strip()) and not any(part in line for part in _CLOSED_LOOP_REPORT)
+
+
 def _best_first(metrics: dict[str, float]) -> tuple[float, int]:
     """Orders evaluated steps for `BestN`: by accuracy, the earlier of equal ones ranking higher."""
     return metrics["test_acc"], -metrics["step"]
@@ -247,7 +260,7 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
         if step is None:
             raise MissingInputError(f"{manager_dir} holds no checkpoint yet")
         failure = None
-        with _quiet_failed_reads():
+        with _quiet_failed_reads(), console.filtered_stderr(_not_a_closed_loop_report):
             try:
                 restored = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
@@ -255,6 +268,7 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
             except Exception as error:  # pylint: disable=broad-except  # any damage: say which step, and the others
                 # Only its text leaves: the failed read's frames are collected while the filters are on.
                 failure = _first_line(error)
+                time.sleep(_LATE_READS_SECONDS)  # the reads still in flight report into the filter
         if failure is not None:
             others = [str(manager_dir / str(other)) for other in manager.all_steps() if other != step]
             where = f"the other steps: {', '.join(others)}" if others else "none is left"

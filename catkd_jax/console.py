@@ -5,8 +5,11 @@ User errors are in `catkd_jax.errors`; the command line prints them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Any, Sequence
+import tempfile
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
@@ -29,3 +32,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(cells[i]) for cells in lines if i < len(cells)) for i in range(len(header))]
     render = lambda cells: "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
     return "\n".join([render(lines[0]), "-" * len(render(lines[0])), *map(render, lines[1:])])
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
+    """Passes on what the process writes to stderr in the block (C++ libraries and other threads
+    included, which Python's hooks never see), line by line, where `keep(line)` holds."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sys.stderr.write("".join(line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                                     if keep(line)))
+            sys.stderr.flush()

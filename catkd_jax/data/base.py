@@ -12,17 +12,15 @@ or on where an interrupted run resumed. Subclasses supply the images: `train_bat
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import functools
-import os
-import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+
+from catkd_jax import console
 
 from catkd_jax.errors import ConfigError, InputError
 
@@ -64,34 +62,24 @@ DATASETS = {
 SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA = range(6)
 
 
-@contextlib.contextmanager
-def _stderr_lines_once() -> Iterator[None]:
-    """Passes on what is written to the process's stderr (C++ libraries too) in the block, each
-    line once: TensorFlow's libraries each print the same start-up lines (oneDNN, absl) when
-    imported. Lines differing only in their log prefix (time, thread) count as the same."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            seen = set()
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                text = line.split("] ", 1)[-1]  # "I0000 00:00:1796003875.358 15128 port.cc:153] text"
-                if text not in seen:
-                    seen.add(text)
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+def _first_time(seen: set[str]) -> Callable[[str], bool]:
+    """Whether a stderr line is new; lines differing only in their log prefix (time, thread:
+    "I0000 00:00:1796003875.358 15128 port.cc:153] text") count as the same."""
+
+    def first(line: str) -> bool:
+        text = line.split("] ", 1)[-1]
+        new = text not in seen
+        seen.add(text)
+        return new
+
+    return first
 
 
 @functools.lru_cache(maxsize=None)
 def import_tensorflow() -> Any:
     """TensorFlow, imported on first use, restricted to the CPU; its start-up lines shown once."""
-    with _stderr_lines_once():
+    # Its C++ libraries each print the same start-up lines (oneDNN, absl) when imported.
+    with console.filtered_stderr(_first_time(set())):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     try:
