@@ -210,7 +210,9 @@ _ITEMS = ("state", "meta")
 def _quiet_failed_reads() -> Iterator[None]:
     """Drops what reads still in flight report when orbax gives up on a damaged checkpoint
     ("Event loop is closed", "Future exception was never retrieved"): that failure is the one
-    `restore_newest` handles, and these reports would only bury its warning."""
+    `restore_newest` and `load_variables` report, and these reports would only bury it. Python
+    reports them through its hooks; tensorstore's own threads print them straight to stderr,
+    until their reads end (`_LATE_READS_SECONDS` after a failure)."""
     previous_hook = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
@@ -222,16 +224,20 @@ def _quiet_failed_reads() -> Iterator[None]:
     sys.unraisablehook = hook
     asyncio_log.addFilter(never_retrieved)
     try:
-        yield
+        with console.filtered_stderr(_not_a_closed_loop_report):
+            try:
+                yield
+            except Exception:
+                time.sleep(_LATE_READS_SECONDS)  # the reads still in flight report into the filter
+                raise
+            finally:
+                gc.collect()  # abandoned futures report now, while the filters are on
     finally:
-        gc.collect()  # abandoned futures report now, while the filters are on
         asyncio_log.removeFilter(never_retrieved)
         sys.unraisablehook = previous_hook
 
 
-# After orbax gives up on a damaged step, tensorstore's reads still in flight finish on their own
-# threads and print "Event loop is closed" tracebacks straight to stderr; local reads end within
-# this time.
+# After orbax gives up on a damaged step, tensorstore's reads still in flight end within this time.
 _LATE_READS_SECONDS = 1.0
 _CLOSED_LOOP_REPORT = ("Traceback (most recent call last):", "asyncio/base_events.py", "self._check_closed()",
                        "raise RuntimeError('Event loop is closed')", "RuntimeError: Event loop is closed")
@@ -260,15 +266,13 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
         if step is None:
             raise MissingInputError(f"{manager_dir} holds no checkpoint yet")
         failure = None
-        with _quiet_failed_reads(), console.filtered_stderr(_not_a_closed_loop_report):
-            try:
+        try:
+            with _quiet_failed_reads():
                 restored = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
                 )
-            except Exception as error:  # pylint: disable=broad-except  # any damage: say which step, and the others
-                # Only its text leaves: the failed read's frames are collected while the filters are on.
-                failure = _first_line(error)
-                time.sleep(_LATE_READS_SECONDS)  # the reads still in flight report into the filter
+        except Exception as error:  # pylint: disable=broad-except  # any damage: say which step, and the others
+            failure = _first_line(error)  # only its text leaves, not the failed read's frames
         if failure is not None:
             others = [str(manager_dir / str(other)) for other in manager.all_steps() if other != step]
             where = f"the other steps: {', '.join(others)}" if others else "none is left"
