@@ -249,8 +249,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
 
     def log_steps(epoch: int, global_step: int, interval_sums: dict[str, np.ndarray], seconds: float) -> None:
         """Each run's step record of the steps since the previous one; a line when not on a terminal."""
-        steps = float(interval_sums["count"][0]) / config.batch_size
-        images_per_sec = steps * config.batch_size / max(seconds, 1e-9)
+        images_per_sec = float(interval_sums["count"][0]) / max(seconds, 1e-9)  # count: images per run
         means = _mean_train_metrics(interval_sums)
         if config.log_every_steps:
             for k, log in enumerate(logs):
@@ -262,6 +261,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
             report(f"epoch {epoch}/{config.num_epochs} step {global_step - (epoch - 1) * steps_per_epoch}/"
                    f"{steps_per_epoch}: train loss {loss:.4f} acc {accuracy:.2f}% | {images_per_sec:.0f} images/s")
 
+    log_every = _log_interval(config, steps_per_epoch)
     info = dict(arch=canonical_name(config.student.arch), num_classes=source.num_classes,
                 classifier_bias=config.student.classifier_bias)
     step = lambda state, batch: train_step(state, batch, teacher_variables, values)
@@ -288,8 +288,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
             for epoch in range(progress.epoch, config.num_epochs + 1):
                 started = time.time()
                 state, sums, epoch_step = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs,
-                                                       progress, stop, _log_interval(config, steps_per_epoch),
-                                                       log_steps)
+                                                       progress, stop, log_every, log_steps)
                 global_step = (epoch - 1) * steps_per_epoch + epoch_step
                 if epoch_step < steps_per_epoch:  # stopped mid-epoch
                     save(jax.device_get(state.as_dict()), epoch, global_step, [None] * len(plan.runs),
