@@ -1,14 +1,19 @@
-"""The five-minute demonstration: a teacher, a vanilla student and a CAT-KD student, compared.
+"""The five-minute demonstration: a teacher, vanilla students and CAT-KD students, compared.
 
-`run(config, workdir)` (what `python main.py --config configs/quickstart.py` does) trains the
-three networks on the embedded 'shapes' data, evaluates each, measures how well each one's
-class activation maps find the object (the share of test images whose true-class CAM peaks
-inside the object's box), draws their CAMs side by side, prints a table and writes it to
-`workdir/summary.json`.
+`run(config, workdir)` (what `python main.py --config configs/quickstart.py` does) trains a
+teacher on the embedded 'shapes' data, then one vanilla and one CAT-KD student per seed of
+`config.runs.seeds` (each kind in one program, `catkd_jax.runs`). Students learn from
+`config.data.reserved_rate` of the training images, the teacher from all of them: the paper's
+reduced-data setting (its Figure 7, left). Every network is evaluated on its seed's test set
+for accuracy and CAM localisation (the share of test images whose true-class CAM peaks inside
+the object's box). It prints mean ± std over the seeds and the CAT-KD − vanilla difference
+paired by seed, writes every seed's numbers to `workdir/summary.json` and draws one network of
+each kind into `workdir/cams.png`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,10 +23,22 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import config_files, training, visualize
+from catkd_jax import config_files, runs, training, visualize
 from catkd_jax.console import format_table
 from catkd_jax.data import DataSource, create_source
 from catkd_jax.errors import ConfigError
+
+# The figure: few images, only each network's true-class CAM, so it reads at screen width.
+_FIGURE_IMAGES = 4
+_METRICS = ("best_test_acc", "final_test_acc", "cam_localization")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Network:
+    name: str
+    arch: str
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict  # a single-process config; runs.seeds for the students
 
 
 def _variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
@@ -58,63 +75,95 @@ def cam_localization(
     return 100.0 * hits / total
 
 
-def _cam_figure(config, networks: dict[str, tuple[str, pathlib.Path]], path: pathlib.Path) -> pathlib.Path:
-    source = create_source(config)
-    batch = visualize.first_test_examples(source, 6)
-    outputs = {
-        name: visualize.network_outputs(checkpoint, arch, source.num_classes, batch["image"])[1]
-        for name, (arch, checkpoint) in networks.items()
-    }
-    return visualize.save_cam_figure(
-        path,
-        batch["image"],
-        batch["label"],
-        source.class_names,
-        outputs,
-        resolution=config.cat_kd.resolution,
-        normalize=config.cat_kd.normalize,
-        boxes=batch["box"],
-    )
+def _networks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[_Network]:
+    teacher_dir = workdir / "teacher"
+    seeds = tuple(config.runs.seeds) or (config.seed,)
+    teacher_epochs = config.teacher.num_epochs or config.num_epochs
+    # The students' learning-rate schedule, scaled to the teacher's epochs.
+    teacher_decay = tuple(max(1, round(epoch * teacher_epochs / config.num_epochs)) for epoch in config.optim.decay_epochs)
+    teacher = _variant(config, method="vanilla", **{
+        "student.arch": config.teacher.arch, "student.classifier_bias": True, "runs.seeds": (),
+        "data.reserved_rate": 1.0, "num_epochs": teacher_epochs, "optim.decay_epochs": teacher_decay})
+    vanilla = _variant(config, method="vanilla", **{"student.classifier_bias": True, "runs.seeds": seeds})
+    cat_kd = _variant(config, method="cat_kd", **{"teacher.checkpoint": str(teacher_dir), "runs.seeds": seeds})
+    return [
+        _Network("teacher", config.teacher.arch, teacher_dir, teacher),
+        _Network("vanilla student", config.student.arch, workdir / "vanilla", vanilla),
+        _Network("CAT-KD student", config.student.arch, workdir / "cat_kd", cat_kd),
+    ]
+
+
+def _train(network: _Network) -> list[dict[str, Any]]:
+    """Trains `network`'s runs; returns each run's seed, accuracies and CAM localisation."""
+    summary = training.train_and_evaluate(network.config, network.workdir)
+    plan = runs.plan_runs(network.config)
+    results = summary["runs"] if plan.multiple else [summary]
+    return [
+        dict(seed=run.seed, best_test_acc=result["best_test_acc"], final_test_acc=result["final_test_acc"],
+             cam_localization=cam_localization(runs.run_config(network.config, plan, run), directory, network.arch))
+        for run, directory, result in zip(plan.runs, plan.directories(network.workdir), results)
+    ]
+
+
+def _row(network: _Network, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    row = dict(network=network.name, arch=network.arch, method=network.config.method, runs=seed_rows)
+    return row | {key: runs.mean_and_std([seed_row[key] for seed_row in seed_rows]) for key in _METRICS}
+
+
+def _paired_difference(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """CAT-KD minus vanilla student, seed by seed (same data and order), as mean ± std."""
+    vanilla, cat_kd = (next(row for row in rows if row["network"] == name)
+                       for name in ("vanilla student", "CAT-KD student"))
+    return {key: runs.mean_and_std([c[key] - v[key] for v, c in zip(vanilla["runs"], cat_kd["runs"])])
+            for key in _METRICS}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains and compares teacher, vanilla student and CAT-KD student; returns the table."""
+    """Trains and compares the teacher, vanilla students and CAT-KD students; returns the table."""
     _source_with_boxes(config)  # fail before training, not after
     workdir = pathlib.Path(workdir)
-    teacher_dir = workdir / "teacher"
-    runs = {
-        "teacher": (config.teacher.arch, teacher_dir, _variant(
-            config, method="vanilla", **{"student.arch": config.teacher.arch, "student.classifier_bias": True,
-                                         "num_epochs": config.teacher.num_epochs or config.num_epochs})),
-        "vanilla student": (config.student.arch, workdir / "vanilla", _variant(
-            config, method="vanilla", **{"student.classifier_bias": True})),
-        "CAT-KD student": (config.student.arch, workdir / "cat_kd", _variant(
-            config, method="cat_kd", **{"teacher.checkpoint": str(teacher_dir)})),
-    }
     rows = []
-    for name, (arch, run_dir, run_config) in runs.items():
-        print(f"--- {name}: {arch}, {run_config.method}, {run_config.num_epochs} epochs -> {run_dir}")
-        summary = training.train_and_evaluate(run_config, run_dir)
-        rows.append(dict(
-            network=name,
-            arch=arch,
-            method=run_config.method,
-            best_test_acc=summary["best_test_acc"],
-            final_test_acc=summary["final_test_acc"],
-            cam_localization=cam_localization(run_config, run_dir, arch),
-        ))
-    figure = _cam_figure(config, {name: (arch, run_dir) for name, (arch, run_dir, _) in runs.items()},
-                         workdir / "cams.png")
-    table = _format_table(rows)
+    for network in _networks(config, workdir):
+        seeds = tuple(network.config.runs.seeds) or (network.config.seed,)
+        print(f"--- {network.name}: {network.arch}, {network.config.method}, {network.config.num_epochs} epochs, "
+              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} -> {network.workdir}")
+        rows.append(_row(network, _train(network)))
+    difference = _paired_difference(rows)
+    figure = _cam_figure(config, _networks(config, workdir), workdir / "cams.png")
+    table = _format_table(rows, difference)
     print(table)
     print(f"CAM figure: {figure}")
-    result = dict(rows=rows, figure=str(figure), table=table)
+    result = dict(rows=rows, difference=difference, figure=str(figure), table=table)
     (workdir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["network", "arch", "method", "best acc", "final acc", "CAM in box"]
-    return format_table(header, [
-        [row["network"], row["arch"], row["method"], f"{row['best_test_acc']:.2f}%", f"{row['final_test_acc']:.2f}%",
-         f"{row['cam_localization']:.1f}%"] for row in rows])
+def _cam_figure(config: ml_collections.ConfigDict, networks: list[_Network], path: pathlib.Path) -> pathlib.Path:
+    """The CAMs of the teacher and of each kind of student of `config.seed` on its first test images."""
+    source = create_source(config)
+    batch = visualize.first_test_examples(source, _FIGURE_IMAGES)
+    outputs = {}
+    for network in networks:
+        plan = runs.plan_runs(network.config)
+        directory = dict(zip((run.seed for run in plan.runs), plan.directories(network.workdir)))
+        checkpoint = directory.get(config.seed, plan.directories(network.workdir)[0])
+        outputs[network.name] = visualize.network_outputs(checkpoint, network.arch, source.num_classes,
+                                                          batch["image"])[1]
+    return visualize.save_cam_figure(
+        path, batch["image"], batch["label"], source.class_names, outputs,
+        resolution=config.cat_kd.resolution, normalize=config.cat_kd.normalize, boxes=batch["box"], num_top=0,
+    )
+
+
+def _mean_std(value: dict[str, float], unit: str, digits: int, sign: str = "") -> str:
+    return f"{value['mean']:{sign}.{digits}f} ± {value['std']:.{digits}f}{unit}"
+
+
+def _format_table(rows: list[dict[str, Any]], difference: dict[str, Any]) -> str:
+    header = ["network", "arch", "method", "seeds", "best acc %", "final acc %", "CAM in box %"]
+    lines = [[row["network"], row["arch"], row["method"], str(len(row["runs"])),
+              *(_mean_std(row[key], "", 2 if key != "cam_localization" else 1) for key in _METRICS)]
+             for row in rows]
+    lines.append(["CAT-KD - vanilla", "", "paired", str(difference["best_test_acc"]["runs"]),
+                  *(_mean_std(difference[key], "", 2 if key != "cam_localization" else 1, "+") for key in _METRICS)])
+    return format_table(header, lines) + "\n(mean ± sample standard deviation over the seeds)"

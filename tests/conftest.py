@@ -33,6 +33,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
+
+@pytest.fixture
+def optimized_compilation():
+    """XLA's optimisations on, for a test whose cost is training rather than compiling."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("CATKD_SHARED", REPO_ROOT.parent / "shared"))
 

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
-from catkd_jax import config_files, quickstart, training
+from catkd_jax import config_files, quickstart, training, visualize
 from conftest import REPO_ROOT
+from test_visualize import png_size
 
 
 def shapes_config(**changes):
     return config_files.with_values(config_files.load_config(REPO_ROOT / "configs" / "quickstart.py"), changes)
 
 
-def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
+def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path, optimized_compilation):
     # Chance is about 20% (an object box covers a fifth of the image on average); a CAM that
     # ignored the object, or a wrong peak-to-pixel mapping, could not reach 70%.
     config = shapes_config(**{
         "pipeline": "single", "method": "vanilla", "student.arch": "resnet14", "student.classifier_bias": True,
-        "data.synthetic_train_size": 1500, "data.synthetic_test_size": 300, "num_epochs": 6,
+        "data.synthetic_train_size": 1500, "data.reserved_rate": 1.0, "data.synthetic_test_size": 300, "num_epochs": 6,
+        "runs.seeds": (),
         "optim.decay_epochs": (5,),
     })
     summary = training.train_and_evaluate(config, tmp_path)
@@ -27,24 +30,57 @@ def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
     assert quickstart.cam_localization(config, tmp_path, "resnet14") >= 70.0
 
 
-def test_quickstart_writes_table_summary_and_figure(tmp_path, capsys):
+def test_quickstart_reports_every_seed_and_their_mean_and_std(tmp_path, capsys):
     config = shapes_config(**{
-        "teacher.arch": "resnet8", "student.arch": "resnet8", "num_epochs": 1,
-        "data.synthetic_train_size": 128, "data.synthetic_test_size": 40, "eval_batch_size": 20,
+        "teacher.arch": "resnet8", "student.arch": "resnet8", "num_epochs": 2, "teacher.num_epochs": 1,
+        "optim.decay_epochs": (2,), "runs.seeds": (0, 1),
+        "data.synthetic_train_size": 160, "data.synthetic_test_size": 40, "eval_batch_size": 20,
+        "data.reserved_rate": 0.5,
     })
     result = quickstart.run(config, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [row["network"] for row in summary["rows"]] == ["teacher", "vanilla student", "CAT-KD student"]
-    assert [row["method"] for row in summary["rows"]] == ["vanilla", "vanilla", "cat_kd"]
-    for row in summary["rows"]:  # one epoch on 128 images: the rows' plumbing, not their quality
-        assert 0.0 <= row["cam_localization"] <= 100.0 and 0.0 <= row["best_test_acc"] <= 100.0
-    assert (tmp_path / "cams.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert summary["table"] in capsys.readouterr().out
     assert result["rows"] == summary["rows"]
-    # The CAT-KD student distilled from the teacher trained first.
-    cat_kd_config = json.loads((tmp_path / "cat_kd" / "config.json").read_text())
-    assert cat_kd_config["teacher"]["checkpoint"] == str(tmp_path / "teacher")
-    assert cat_kd_config["student"]["classifier_bias"] is False
+    rows = {row["network"]: row for row in summary["rows"]}
+    assert list(rows) == ["teacher", "vanilla student", "CAT-KD student"]
+    assert [row["method"] for row in rows.values()] == ["vanilla", "vanilla", "cat_kd"]
+    assert [[run["seed"] for run in row["runs"]] for row in rows.values()] == [[0], [0, 1], [0, 1]]
+    metrics = ("best_test_acc", "final_test_acc", "cam_localization")
+    for row in rows.values():  # two epochs on 80 images: the numbers' plumbing, not their quality
+        for key in metrics:
+            values = [run[key] for run in row["runs"]]
+            assert all(0.0 <= value <= 100.0 for value in values)
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            assert row[key] == pytest.approx({"mean": statistics.mean(values), "std": spread, "runs": len(values)})
+    # Students of different seeds see different data and weights: their numbers are their own.
+    assert len({tuple(run[key] for key in metrics) for run in rows["CAT-KD student"]["runs"]}) == 2
+    for key in metrics:
+        paired = [c[key] - v[key] for v, c in zip(rows["vanilla student"]["runs"], rows["CAT-KD student"]["runs"])]
+        assert summary["difference"][key]["mean"] == pytest.approx(statistics.mean(paired))
+
+    # The printed table: one line per network with its seed count and mean ± std of each number.
+    assert summary["table"] in capsys.readouterr().out
+    lines = summary["table"].splitlines()
+    assert lines[0].split() == ["network", "arch", "method", "seeds", "best", "acc", "%", "final", "acc", "%",
+                                "CAM", "in", "box", "%"]
+    for line, (name, row) in zip(lines[2:5], rows.items()):
+        assert line.startswith(name)
+        cells = line[len(name):].split()
+        assert cells[:3] == [row["arch"], row["method"], str(len(row["runs"]))]
+        assert cells[3:] == [part for key in metrics
+                             for part in (f"{row[key]['mean']:.{1 if key == 'cam_localization' else 2}f}", "±",
+                                          f"{row[key]['std']:.{1 if key == 'cam_localization' else 2}f}")]
+    assert lines[5].startswith("CAT-KD - vanilla") and " 2 " in lines[5]
+
+    # The teacher learns from every training image with the students' schedule scaled to its
+    # epochs, the students from data.reserved_rate of the images; CAT-KD distils from that teacher.
+    recorded = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("teacher", "vanilla", "cat_kd")}
+    assert recorded["teacher"]["data"]["reserved_rate"] == 1.0 and recorded["teacher"]["runs"]["seeds"] == []
+    assert recorded["teacher"]["num_epochs"] == 1 and recorded["teacher"]["optim"]["decay_epochs"] == [1]
+    assert recorded["vanilla"]["data"]["reserved_rate"] == 0.5 and recorded["vanilla"]["runs"]["seeds"] == [0, 1]
+    assert recorded["cat_kd"]["teacher"]["checkpoint"] == str(tmp_path / "teacher")
+    assert recorded["cat_kd"]["student"]["classifier_bias"] is False
+    width, height = visualize.cam_figure_size(4, 3, 0, resolution=2, normalize=True, boxes=True)
+    assert png_size(tmp_path / "cams.png") == (round(width * visualize.DPI), round(height * visualize.DPI))
 
 
 def test_cam_localization_needs_boxes(tmp_path):
