@@ -13,6 +13,8 @@ import shutil
 import tempfile
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from catkd_jax import config_files, training
@@ -32,6 +34,24 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+
+
+# The files that take longest, slowest first (measured, docs/benchmarks.md). With several
+# workers (`-n 2 --dist loadfile`), each file runs whole on one worker in this order: long files
+# start first and short ones fill the end, instead of one long file running on alone. A stale
+# list costs only that balance.
+_SLOWEST_FILES = ("test_multihost.py", "test_runs.py", "test_quickstart.py", "test_training.py", "test_imagenet_e2e.py",
+                  "test_models.py", "test_folding.py", "test_interruption.py", "test_resume.py", "test_cli.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep our file order, not one by test count
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(_SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture
@@ -93,3 +113,27 @@ def teacher_dir(tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("teacher")
     training.train_and_evaluate(tiny_config(), workdir)
     return workdir
+
+
+def random_variables(model, image_shape: tuple[int, ...], seed: int = 0, trained_looking: bool = False) -> dict:
+    """Variables of `model` (the structure `model.init` gives) drawn with NumPy, so a test does
+    not pay for XLA compiling the initialiser (seconds for a deep network).
+
+    Kernels are He-normal over their fan-in and biases zero; BatchNorms are at their initial
+    values (scale 1, statistics 0 and 1) or, with `trained_looking`, far from them, as in a
+    trained network.
+    """
+    structure = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        shape, name = leaf.shape, path[-1].key
+        if name == "kernel":
+            return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(leaf.dtype)
+        if trained_looking and name in ("var", "scale"):
+            return rng.uniform(0.5, 2.0 if name == "var" else 1.5, shape).astype(leaf.dtype)
+        if trained_looking and name in ("mean", "bias"):
+            return (0.1 * rng.standard_normal(shape)).astype(leaf.dtype)
+        return np.ones(shape, leaf.dtype) if name in ("var", "scale") else np.zeros(shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, structure)

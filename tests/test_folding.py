@@ -10,25 +10,9 @@ import pytest
 from catkd_jax import training
 from catkd_jax.models import create_model, folding
 from catkd_jax import default_config as default
+from conftest import random_variables
 
 IMAGE_SHAPE = (32, 32, 3)
-
-
-def _trained_looking(variables, key):
-    """BatchNorm parameters and statistics far from their initial values, as in a trained net."""
-    flat, tree = jax.tree_util.tree_flatten_with_path(variables)
-    leaves = []
-    for index, (path, leaf) in enumerate(flat):
-        subkey = jax.random.fold_in(key, index)
-        name = path[-1].key
-        if name == "var":
-            leaf = jax.random.uniform(subkey, leaf.shape, minval=0.5, maxval=2.0)
-        elif name == "scale":
-            leaf = jax.random.uniform(subkey, leaf.shape, minval=0.5, maxval=1.5)
-        elif name in ("mean", "bias"):
-            leaf = 0.1 * jax.random.normal(subkey, leaf.shape)
-        leaves.append(leaf)
-    return jax.tree_util.tree_unflatten(tree, leaves)
 
 
 def _count_norms(variables) -> int:
@@ -44,7 +28,7 @@ def _count_norms(variables) -> int:
 )
 def test_folded_network_computes_the_same_function(arch, expected_folded, expected_norms):
     model = create_model(arch, num_classes=10)
-    variables = _trained_looking(training.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
+    variables = random_variables(model, IMAGE_SHAPE, trained_looking=True)
     folded = folding.fold_batch_norm(model, variables, IMAGE_SHAPE)
     assert _count_norms(variables) == expected_norms
     assert _count_norms(variables) - _count_norms(folded) == expected_folded
@@ -61,7 +45,7 @@ def test_folded_network_computes_the_same_function(arch, expected_folded, expect
 
 def test_folding_changes_only_the_paired_convolutions():
     model = create_model("resnet8", num_classes=10)
-    variables = _trained_looking(training.initialize(model, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
+    variables = random_variables(model, IMAGE_SHAPE, trained_looking=True)
     pairs = folding.conv_batch_norm_pairs(model, variables, IMAGE_SHAPE)
     assert (("conv1",), ("bn1",)) in pairs
     assert (("layer2.0", "downsample.0"), ("layer2.0", "downsample.1")) in pairs
@@ -80,8 +64,8 @@ def test_train_step_with_a_folded_teacher_matches_the_unfolded_one():
     config = default.get_config()
     config.student.arch, config.teacher.arch = "resnet8", "resnet14"
     student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet14", 10)
-    teacher_variables = _trained_looking(training.initialize(teacher, jax.random.key(0), IMAGE_SHAPE), jax.random.key(1))
-    student_variables = training.initialize(student, jax.random.key(2), IMAGE_SHAPE)
+    teacher_variables = random_variables(teacher, IMAGE_SHAPE, trained_looking=True)
+    student_variables = random_variables(student, IMAGE_SHAPE, seed=2)
     tx = training.create_optimizer(config, steps_per_epoch=10)
     batch = {"image": jax.random.normal(jax.random.key(3), (8, *IMAGE_SHAPE)), "label": jnp.arange(8) % 10}
     losses = {}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
 from catkd_jax import config_files, convert, training
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT, read_metrics
+from conftest import REPO_ROOT, random_variables, read_metrics
 from test_data import write_imagenet_folder
 
 
@@ -25,7 +24,7 @@ def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_term
     write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
     config = config_files.load_config(REPO_ROOT / "configs" / config_file)
     teacher = create_model(config.teacher.arch, num_classes=8)
-    variables = training.initialize(teacher, jax.random.key(0), (64, 64, 3))
+    variables = random_variables(teacher, (64, 64, 3))
     teacher_pth = tmp_path / "teacher.pth"  # a bare state dict, as torchvision publishes them
     state_dict = convert.to_torch_state_dict(variables, config.teacher.arch)
     torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, teacher_pth)

@@ -12,7 +12,7 @@ import pytest
 
 from catkd_jax.models import canonical_name, create_model, list_models
 from catkd_jax.models.layers import BatchNorm
-from conftest import shared_path
+from conftest import random_variables, shared_path
 
 ARCHS = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
@@ -61,7 +61,7 @@ def test_architecture_contract(arch):
     """Shapes, the CAM contract (logits = pooled features @ kernel + bias), jit, BN updates."""
     model = create_model(arch, num_classes=NUM_CLASSES)
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(images)
+    variables = random_variables(model, (32, 32, 3))
 
     def train_forward(variables, x):
         return model.apply(variables, x, train=True, mutable=["batch_stats"])
