@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, runs, training
+from catkd_jax import checkpoints, config_files, runs, training
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT, read_metrics, tiny_config
 
@@ -182,14 +182,14 @@ def test_eval_of_a_multi_run_workdir_evaluates_every_run(tmp_path, capsys):
     assert one["test_acc"] == pytest.approx(logged[1], abs=1e-9)
 
 
+_CLI_SETTINGS = {"runs.seeds": (0, 1), "method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
+                 "data.source": "synthetic", "data.name": "cifar10", "data.synthetic_train_size": 32,
+                 "data.synthetic_test_size": 16, "batch_size": 16, "eval_batch_size": 16, "num_epochs": 1}
+
 _CLI_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.argv = ["main.py", "--config", {config!r}, "--workdir", {workdir!r}, "--config.runs.seeds=(0,1)",
-                "--config.method=vanilla", "--config.student.arch=resnet8", "--config.student.classifier_bias=True",
-                "--config.data.source=synthetic", "--config.data.name=cifar10", "--config.data.synthetic_train_size=32",
-                "--config.data.synthetic_test_size=16", "--config.batch_size=16", "--config.eval_batch_size=16",
-                "--config.num_epochs=1"]
+    sys.argv = ["main.py", "--config", {config!r}, "--workdir", {workdir!r}, *{flags!r}]
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == 2, jax.devices()
@@ -200,17 +200,19 @@ _CLI_SCRIPT = textwrap.dedent(
 
 
 def test_command_line_seeds_on_two_devices_match_one_device(tmp_path):
-    """`--config.runs.seeds=(0,1)` through main.py, with the runs' batches split over 2 devices."""
-    workdirs = {}
-    for devices in (1, 2):
-        workdir = tmp_path / f"devices{devices}"
-        script = _CLI_SCRIPT.replace("device_count() == 2", f"device_count() == {devices}").format(
-            config=str(REPO_ROOT / "configs" / "cifar100_res32x4_res8x4.py"), workdir=str(workdir),
-            main=str(REPO_ROOT / "main.py"))
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-        completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        assert "mean ± std" in completed.stdout
-        workdirs[devices] = workdir
+    """`--config.runs.seeds=(0,1)` through main.py, with the runs' batches split over 2 devices,
+    against the same config trained here on this process's one device."""
+    config_file = REPO_ROOT / "configs" / "cifar100_res32x4_res8x4.py"
+    assert jax.device_count() == 1
+    training.train_and_evaluate(config_files.with_values(config_files.load_config(config_file), _CLI_SETTINGS),
+                                tmp_path / "devices1")
+    flags = [f"--config.{key}={value}" for key, value in _CLI_SETTINGS.items()]
+    script = _CLI_SCRIPT.format(config=str(config_file), workdir=str(tmp_path / "devices2"), flags=flags,
+                                main=str(REPO_ROOT / "main.py"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "mean ± std" in completed.stdout
+    workdirs = {1: tmp_path / "devices1", 2: tmp_path / "devices2"}
     for k in (0, 1):
         assert_same_runs(workdirs[1] / f"run_{k}", workdirs[2] / f"run_{k}")

@@ -165,33 +165,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_dir, t
     jax.tree_util.tree_map(np.testing.assert_array_equal, kept, good)
 
 
+# Two steps: float differences of the cross-device reductions then stay below 1e-5.
+_MULTI_DEVICE_SETTINGS = dict(num_epochs=1, method="cat_kd", student__classifier_bias=False, data__synthetic_train_size=32)
+
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax
     from conftest import tiny_config
     from catkd_jax import training
     jax.config.update("jax_disable_most_optimizations", True)
-    assert jax.device_count() == {devices}, jax.devices()
-    # Two steps: float differences of the cross-device reductions then stay below 1e-5.
-    training.train_and_evaluate(tiny_config(num_epochs=1, method="cat_kd", teacher__checkpoint={teacher!r},
-                                         student__classifier_bias=False, data__synthetic_train_size=32),
-                             {workdir!r})
+    assert jax.device_count() == 4, jax.devices()
+    training.train_and_evaluate(tiny_config(**{settings!r}), {workdir!r})
     """
 )
 
 
 def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
-    records = {}
-    for devices in (1, 4):
-        workdir = tmp_path / f"devices{devices}"
-        script = _MULTI_DEVICE_SCRIPT.format(devices=devices,
-                                             teacher=str(teacher_dir), workdir=str(workdir))
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                   PYTHONPATH=str(REPO_ROOT / "tests"))  # for conftest
-        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
-        records[devices] = read_metrics(workdir)[0]
+    settings = dict(_MULTI_DEVICE_SETTINGS, teacher__checkpoint=str(teacher_dir))
+    assert jax.device_count() == 1
+    training.train_and_evaluate(tiny_config(**settings), tmp_path / "devices1")  # here, on this process's device
+    script = _MULTI_DEVICE_SCRIPT.format(settings=settings, workdir=str(tmp_path / "devices4"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO_ROOT / "tests"))  # for conftest
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
+    one, four = read_metrics(tmp_path / "devices1")[0], read_metrics(tmp_path / "devices4")[0]
     for key in ("train_loss", "train_loss_ce", "train_loss_cat", "test_loss", "test_acc"):
-        assert records[4][key] == pytest.approx(records[1][key], rel=1e-5, abs=1e-6), key
+        assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
 def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tmp_path):
