@@ -24,16 +24,36 @@ from catkd_jax import default_config as default
 jax.config.update("jax_disable_most_optimizations", True)
 
 # Many tests compile the same programs (tiny_config's steps) in fresh closures, and subprocesses
-# compile them again: JAX's persistent compilation cache compiles each once per session. It lives
-# in a fresh directory, so every session (CI's too) starts cold, and subprocesses inherit it.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="catkd-jax-tests-compilation-cache-")
-os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+# compile them again: JAX's persistent compilation cache compiles each once per session. One
+# directory serves the session: the process that starts it (pytest, or pytest-xdist's controller)
+# makes it and passes it on in the environment to the workers and every subprocess. Its size is
+# bounded, which makes JAX lock the directory around each read and write, so processes never
+# read an entry that another is still writing. Every session (CI's too) starts cold.
+_SESSION_CACHE_VARIABLE = "CATKD_JAX_TESTS_COMPILATION_CACHE"
+_OWNS_COMPILATION_CACHE = _SESSION_CACHE_VARIABLE not in os.environ
+if _OWNS_COMPILATION_CACHE:
+    os.environ[_SESSION_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="catkd-jax-tests-compilation-cache-")
+COMPILATION_CACHE_SETTINGS = dict(
+    JAX_COMPILATION_CACHE_DIR=os.environ[_SESSION_CACHE_VARIABLE], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30),
+)
+os.environ.update(COMPILATION_CACHE_SETTINGS)
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE_SETTINGS["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_compilation_cache_max_size", 16 << 30)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+    if _OWNS_COMPILATION_CACHE:
+        shutil.rmtree(os.environ[_SESSION_CACHE_VARIABLE], ignore_errors=True)
+
+
+@pytest.fixture
+def optimized_compilation():
+    """XLA's optimisations on, for a test whose cost is training rather than compiling."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 # The files that take longest, slowest first (measured, docs/benchmarks.md). With several
@@ -53,13 +73,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: index for index, name in enumerate(_SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
-
-@pytest.fixture
-def optimized_compilation():
-    """XLA's optimisations on, for a test whose cost is training rather than compiling."""
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", True)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("CATKD_SHARED", REPO_ROOT.parent / "shared"))
