@@ -24,23 +24,20 @@ from catkd_jax import default_config as default
 jax.config.update("jax_disable_most_optimizations", True)
 
 # Many tests compile the same programs (tiny_config's steps) in fresh closures, and subprocesses
-# compile them again: JAX's persistent compilation cache compiles each once per session. One
-# directory serves the session: the process that starts it (pytest, or pytest-xdist's controller)
-# makes it and passes it on in the environment to the workers and every subprocess. Its size is
-# bounded, which makes JAX lock the directory around each read and write, so processes never
-# read an entry that another is still writing. Every session (CI's too) starts cold.
-_SESSION_CACHE_VARIABLE = "CATKD_JAX_TESTS_COMPILATION_CACHE"
+# compile them again: JAX's persistent compilation cache compiles each once per session. Each
+# test process (pytest, or each pytest-xdist worker) makes its own directory and passes it on in
+# the environment to its subprocesses, which reuse it instead of making their own. Processes do
+# not share a directory: JAX writes entries in place, and one could read another's half-written
+# file (its locking mode, with a bounded size, scans the directory on every write: measured
+# slower). Every session (CI's too) starts cold.
+_SESSION_CACHE_VARIABLE = "CATKD_JAX_TESTS_COMPILATION_CACHE_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
 _OWNS_COMPILATION_CACHE = _SESSION_CACHE_VARIABLE not in os.environ
 if _OWNS_COMPILATION_CACHE:
     os.environ[_SESSION_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="catkd-jax-tests-compilation-cache-")
-COMPILATION_CACHE_SETTINGS = dict(
-    JAX_COMPILATION_CACHE_DIR=os.environ[_SESSION_CACHE_VARIABLE], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30),
-)
-os.environ.update(COMPILATION_CACHE_SETTINGS)
-jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE_SETTINGS["JAX_COMPILATION_CACHE_DIR"])
+os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ[_SESSION_CACHE_VARIABLE],
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+jax.config.update("jax_compilation_cache_dir", os.environ[_SESSION_CACHE_VARIABLE])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_compilation_cache_max_size", 16 << 30)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints
-from conftest import COMPILATION_CACHE_SETTINGS, REPO_ROOT, timeless_metrics
+from conftest import REPO_ROOT, timeless_metrics
 from test_interruption import TESTS_ON_PATH, driver_command
 
 DEADLINE = 90  # seconds for any one job
@@ -39,12 +40,12 @@ def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> 
             "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
 
 
-def _environment(**variables: str) -> dict[str, str]:
-    """The environment of one process: no cluster variables of the caller's; the session's
-    compilation cache (locked around each access, so the job's processes can share it)."""
+def _environment(cache: pathlib.Path, **variables: str) -> dict[str, str]:
+    """The environment of one process: no cluster variables of the caller's, and JAX's compilation
+    cache in `cache` (see `_two_processes`) instead of the session's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
-    return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **COMPILATION_CACHE_SETTINGS,
-                **TESTS_ON_PATH, **variables)
+    return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", JAX_COMPILATION_CACHE_DIR=str(cache),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **TESTS_ON_PATH, **variables)
 
 
 def _free_port() -> int:
@@ -89,19 +90,35 @@ class _Job:
                 process.wait()
 
 
-def _two_processes(job: _Job, command: list[str]) -> None:
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory) -> pathlib.Path:
+    """The module's jobs compile the same programs: JAX's persistent cache keeps them between jobs."""
+    return tmp_path_factory.mktemp("multihost_compilation_cache")
+
+
+def _pair_environments(cache: pathlib.Path, logs: pathlib.Path) -> list[dict[str, str]]:
+    """The environments of a job's two processes. Only process 0 writes JAX's cache; process 1
+    reads a copy taken before the job starts, never a file that process 0 is still writing."""
+    snapshot = logs / "compilation_cache"
+    shutil.copytree(cache, snapshot)
     port = _free_port()
-    for process_id in range(2):
-        job.start(command, _environment(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                        JAX_PROCESS_ID=str(process_id)))
+    return [_environment(directory, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                         JAX_PROCESS_ID=str(process_id))
+            for process_id, directory in enumerate((cache, snapshot))]
+
+
+def _two_processes(job: _Job, command: list[str], cache: pathlib.Path) -> None:
+    for env in _pair_environments(cache, job.logs):
+        job.start(command, env)
 
 
 @pytest.fixture(scope="module")
-def reference(teacher_dir, tmp_path_factory):
+def reference(teacher_dir, compilation_cache, tmp_path_factory):
     """Three epochs in one process with two devices."""
     workdir = tmp_path_factory.mktemp("one_process")
     with _Job(workdir.parent / f"{workdir.name}_logs") as job:
-        job.start(_main_command(workdir, teacher_dir, 3), _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        job.start(_main_command(workdir, teacher_dir, 3),
+                  _environment(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
         assert job.wait() == [0], job.output(0)[-3000:]
     return workdir
 
@@ -118,23 +135,22 @@ def _assert_same_as(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(teacher_dir, reference, tmp_path):
+def test_two_processes_train_checkpoint_and_resume_like_one_process_with_two_devices(
+        teacher_dir, reference, compilation_cache, tmp_path):
     for epochs in (2, 3):  # stopped after 2 epochs, then resumed for the third
         with _Job(tmp_path / f"logs_{epochs}") as pair:
-            _two_processes(pair, _main_command(tmp_path / "run", teacher_dir, epochs))
+            _two_processes(pair, _main_command(tmp_path / "run", teacher_dir, epochs), compilation_cache)
             assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
             assert "epoch" not in pair.output(1, "out"), "only process 0 reports"
     assert "Resuming" in (tmp_path / "logs_3" / "0.out").read_text()
     _assert_same_as(tmp_path / "run", reference)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(teacher_dir, reference, tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(
+        teacher_dir, reference, compilation_cache, tmp_path):
     command = _main_command(tmp_path / "run", teacher_dir, 3)
     with _Job(tmp_path / "logs_stopped") as pair:
-        port = _free_port()
-        for process_id in range(2):
-            env = _environment(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                               JAX_PROCESS_ID=str(process_id))
+        for process_id, env in enumerate(_pair_environments(compilation_cache, pair.logs)):
             pair.start(driver_command(command, 2, "SIGTERM") if process_id == 0 else command, env)
         assert pair.wait() == [143, 143], pair.output(0)[-3000:] + pair.output(1)[-3000:]
         message = pair.output(0).strip().splitlines()[-1]
@@ -148,14 +164,14 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume_exactly(t
     _, meta = checkpoints.load_variables(tmp_path / "run")
     assert meta["step"] == step
     with _Job(tmp_path / "logs_resumed") as pair:
-        _two_processes(pair, command)
+        _two_processes(pair, command, compilation_cache)
         assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
     _assert_same_as(tmp_path / "run", reference)
 
 
-def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher_dir, tmp_path):
+def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher_dir, compilation_cache, tmp_path):
     with _Job(tmp_path / "logs") as job:
-        _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000))
+        _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000), compilation_cache)
         end = time.monotonic() + DEADLINE
         while "epoch 1:" not in job.output(0, "out"):  # both are past start-up and compilation
             assert time.monotonic() < end and job.processes[0].poll() is None, job.output(0)[-3000:]
