@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     # 'top' (highest) or 'bottom' (lowest). Exactly num_cams classes (see losses.select_cam_classes).
     config.cat_kd.num_cams = 0
     config.cat_kd.cam_strategy = "top"
+    # How the transferred CAMs' squared errors are weighted: 'uniform' (the paper's CAT) or
+    # 'teacher_prob' (by the teacher's softmax probability of each class, normalised to mean 1
+    # per image: the paper's extension "CAMs weighted by prediction score").
+    config.cat_kd.class_weighting = "uniform"
 
     # Hinton KD baseline: ce_weight * CE + kd_weight * KL(teacher || student) at temperature.
     config.kd = ml_collections.ConfigDict()

@@ -106,6 +106,7 @@ def cat_loss(
     normalize: bool = False,
     binarize: bool = False,
     class_mask: jax.Array | None = None,
+    class_weights: jax.Array | None = None,
 ) -> jax.Array:
     """Class attention transfer: MSE between pooled student and teacher CAMs.
 
@@ -124,6 +125,10 @@ def cat_loss(
       binarize: replace teacher CAMs by `binarize_cams` before pooling.
       class_mask: optional `[N, C]` bool; the loss is the mean over the selected CAMs only
         (0 when none is selected). See `select_cam_classes`.
+      class_weights: optional `[N, C]` non-negative weights of the CAMs' squared errors (under
+        `stop_gradient`), e.g. `teacher_probability_weights`; each example's weights are
+        normalised to mean 1 over its selected classes, so the loss keeps the uniform mean's
+        scale (None: every CAM weighs the same).
     Returns:
       scalar float32.
     """
@@ -143,14 +148,12 @@ def cat_loss(
         )
     if not isinstance(resolution, (int, np.integer)) or resolution < 1:
         raise ValueError(f"resolution must be an integer >= 1, got {resolution!r}")
-    if class_mask is not None and jnp.shape(class_mask) != (
-        student_features.shape[0],
-        student_kernel.shape[1],
-    ):
-        raise ValueError(
-            f"class_mask must have shape [N, C] = "
-            f"{[student_features.shape[0], student_kernel.shape[1]]}, got {jnp.shape(class_mask)}"
-        )
+    for name, per_class in (("class_mask", class_mask), ("class_weights", class_weights)):
+        if per_class is not None and jnp.shape(per_class) != (student_features.shape[0], student_kernel.shape[1]):
+            raise ValueError(
+                f"{name} must have shape [N, C] = "
+                f"{[student_features.shape[0], student_kernel.shape[1]]}, got {jnp.shape(per_class)}"
+            )
 
     student = class_activation_maps(student_features, student_kernel)
     teacher = jax.lax.stop_gradient(class_activation_maps(teacher_features, teacher_kernel))
@@ -162,11 +165,28 @@ def cat_loss(
         student = l2_normalize_space(student)
         teacher = l2_normalize_space(teacher)
     squared_error = jnp.square(student - teacher)
-    if class_mask is None:
+    if class_mask is None and class_weights is None:
         return jnp.mean(squared_error)
-    weights = jnp.asarray(class_mask, jnp.float32)[:, None, None, :]
-    count = jnp.sum(weights) * resolution * resolution
-    return jnp.sum(squared_error * weights) / jnp.maximum(count, 1.0)
+    selected = jnp.ones(student_kernel.shape[1:], jnp.float32) if class_mask is None else jnp.asarray(class_mask, jnp.float32)
+    selected = jnp.broadcast_to(selected, (student_features.shape[0], student_kernel.shape[1]))
+    weights = selected
+    if class_weights is not None:
+        weights = selected * jax.lax.stop_gradient(jnp.asarray(class_weights, jnp.float32))
+        # Mean 1 over each example's selected classes.
+        mean = jnp.sum(weights, axis=1, keepdims=True) / jnp.maximum(jnp.sum(selected, axis=1, keepdims=True), 1.0)
+        weights = weights / jnp.where(mean > 0, mean, 1.0)
+    count = jnp.sum(selected) * resolution * resolution
+    return jnp.sum(squared_error * weights[:, None, None, :]) / jnp.maximum(count, 1.0)
+
+
+def teacher_probability_weights(teacher_logits: jax.Array) -> jax.Array:
+    """`[N, C]` CAM weights for `cat_loss(class_weights=...)`: the teacher's softmax probabilities.
+
+    The CAMs of the classes the teacher finds likely count more (the paper's extension "CAMs
+    weighted by prediction score"; it reports little benefit over uniform weights).
+    """
+    _require_rank("teacher_logits", teacher_logits, 2, "[N, C]")
+    return jax.nn.softmax(jnp.asarray(teacher_logits, jnp.float32), axis=-1)
 
 
 def select_cam_classes(teacher_logits: jax.Array, num: int, strategy: str = "top") -> jax.Array:

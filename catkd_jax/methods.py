@@ -54,6 +54,13 @@ def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch:
         # The original ranks classes by the teacher's CAM-head logits, which carry no bias.
         scores = teacher.logits if teacher.bias is None else teacher.logits - teacher.bias
         class_mask = losses.select_cam_classes(scores, settings.num_cams, settings.cam_strategy)
+    if settings.class_weighting not in ("uniform", "teacher_prob"):
+        raise ConfigError(
+            f"config.cat_kd.class_weighting must be 'uniform' or 'teacher_prob', got {settings.class_weighting!r}"
+        )
+    class_weights = None
+    if settings.class_weighting == "teacher_prob":
+        class_weights = losses.teacher_probability_weights(teacher.logits)
     terms = {
         "loss_cat": settings.beta
         * losses.cat_loss(
@@ -65,6 +72,7 @@ def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch:
             normalize=settings.normalize,
             binarize=settings.binarize,
             class_mask=class_mask,
+            class_weights=class_weights,
         )
     }
     if not _is_zero(settings.ce_weight):

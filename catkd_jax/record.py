@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from catkd_jax import default_config
 from catkd_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -40,15 +41,21 @@ def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def changed_fields(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """`{dotted field: (recorded value, new value)}` of the result-changing fields that differ."""
+    """`{dotted field: (recorded value, new value)}` of the result-changing fields that differ.
+
+    A field the record lacks (one added to the project after the run started) counts as its
+    default, which is what the code did before the field existed.
+    """
     old, new = _flatten(recorded), _flatten(as_json(config))
+    defaults = _flatten(as_json(default_config.get_config()))
+    old = {field: old.get(field, defaults.get(field, "(absent)")) for field in set(old) | set(new)}
     neutral = lambda field: any(
         field == name or (name.endswith(".") and field.startswith(name)) for name in NEUTRAL_FIELDS
     )
     return {
-        field: (old.get(field, "(absent)"), new.get(field, "(absent)"))
-        for field in sorted(set(old) | set(new))
-        if old.get(field) != new.get(field) and not neutral(field)
+        field: (old[field], new.get(field, "(absent)"))
+        for field in sorted(old)
+        if old[field] != new.get(field, "(absent)") and not neutral(field)
     }
 
 

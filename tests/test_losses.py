@@ -341,3 +341,39 @@ def test_cat_loss_rejects_invalid_input(change, message):
 def test_select_cam_classes_rejects_invalid_input(num, strategy, message):
     with pytest.raises(ValueError, match=message):
         losses.select_cam_classes(jnp.zeros((2, 10)), num, strategy)
+
+
+def _identity_cams(student_maps, teacher_maps):
+    """cat_loss arguments whose CAMs are the given `[N, 2, 2, C]` maps (identity kernels, no pooling)."""
+    eye = jnp.eye(student_maps.shape[-1])
+    return dict(student_features=student_maps, student_kernel=eye, teacher_features=teacher_maps,
+                teacher_kernel=eye, resolution=2)
+
+
+def test_class_weights_weigh_each_cams_error_normalised_to_mean_one_per_example():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.standard_normal((2, 3, 2, 2, 4)).astype(np.float32)
+    weights = rng.uniform(0.1, 1.0, (3, 4)).astype(np.float32)
+    error = ((student - teacher) ** 2).mean(axis=(1, 2))  # [N, C]: each CAM's mean squared error
+    expected = float(np.mean(error * weights / weights.mean(axis=1, keepdims=True)))
+    arguments = _identity_cams(jnp.asarray(student), jnp.asarray(teacher))
+    assert float(losses.cat_loss(**arguments, class_weights=jnp.asarray(weights))) == pytest.approx(expected, rel=1e-6)
+    # Uniform weights of any scale are the paper's CAT; the weights are constants of the step.
+    uniform = losses.cat_loss(**arguments, class_weights=jnp.full((3, 4), 7.0))
+    assert float(uniform) == pytest.approx(float(losses.cat_loss(**arguments)), rel=1e-6)
+    gradient = jax.grad(lambda w: losses.cat_loss(**arguments, class_weights=w))(jnp.asarray(weights))
+    np.testing.assert_array_equal(gradient, np.zeros_like(weights))
+
+    # With a class mask, each example's weights are normalised over its selected classes only.
+    mask = np.array([[True, False, True, False], [False, False, False, True], [True, True, True, True]])
+    selected = np.where(mask, weights, 0.0)
+    normalised = selected / (selected.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True))
+    expected = float(np.sum(error * normalised) / mask.sum())
+    got = losses.cat_loss(**arguments, class_mask=jnp.asarray(mask), class_weights=jnp.asarray(weights))
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_teacher_probability_weights_are_the_teachers_softmax():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(losses.teacher_probability_weights(logits), expected, rtol=1e-6)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, record, training
+from catkd_jax import checkpoints, config_files, record, training
 from catkd_jax.errors import UserError
 from conftest import read_metrics, timeless_metrics, tiny_config
 
@@ -163,3 +163,13 @@ def test_a_start_that_fails_validation_never_touches_the_workdir(overrides, mess
     with pytest.raises((ValueError, KeyError, UserError), match=message):
         training.train_and_evaluate(_config(**overrides), tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_field_the_record_lacks_counts_as_its_default():
+    """A run recorded before a field existed resumes; giving that field another value is a change."""
+    config = _config()
+    recorded = record.as_json(config)
+    del recorded["cat_kd"]["class_weighting"]
+    assert record.changed_fields(recorded, config) == {}
+    changed = config_files.with_values(config, {"cat_kd.class_weighting": "teacher_prob"})
+    assert record.changed_fields(recorded, changed) == {"cat_kd.class_weighting": ("uniform", "teacher_prob")}
