@@ -30,7 +30,8 @@ from catkd_jax.errors import ConfigError
 
 # The figure: few images, only each network's true-class CAM, so it reads at screen width.
 _FIGURE_IMAGES = 4
-_METRICS = ("best_test_acc", "final_test_acc", "cam_localization")
+# Each seed's numbers, and the decimals the table shows them with.
+_METRICS = {"best_test_acc": 2, "final_test_acc": 2, "cam_localization": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +78,14 @@ def cam_localization(
 
 def _networks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[_Network]:
     teacher_dir = workdir / "teacher"
-    seeds = tuple(config.runs.seeds) or (config.seed,)
     teacher_epochs = config.teacher.num_epochs or config.num_epochs
     # The students' learning-rate schedule, scaled to the teacher's epochs.
     teacher_decay = tuple(max(1, round(epoch * teacher_epochs / config.num_epochs)) for epoch in config.optim.decay_epochs)
     teacher = _variant(config, method="vanilla", **{
         "student.arch": config.teacher.arch, "student.classifier_bias": True, "runs.seeds": (),
         "data.reserved_rate": 1.0, "num_epochs": teacher_epochs, "optim.decay_epochs": teacher_decay})
-    vanilla = _variant(config, method="vanilla", **{"student.classifier_bias": True, "runs.seeds": seeds})
-    cat_kd = _variant(config, method="cat_kd", **{"teacher.checkpoint": str(teacher_dir), "runs.seeds": seeds})
+    vanilla = _variant(config, method="vanilla", **{"student.classifier_bias": True})
+    cat_kd = _variant(config, method="cat_kd", **{"teacher.checkpoint": str(teacher_dir)})
     return [
         _Network("teacher", config.teacher.arch, teacher_dir, teacher),
         _Network("vanilla student", config.student.arch, workdir / "vanilla", vanilla),
@@ -122,14 +122,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     """Trains and compares the teacher, vanilla students and CAT-KD students; returns the table."""
     _source_with_boxes(config)  # fail before training, not after
     workdir = pathlib.Path(workdir)
+    networks = _networks(config, workdir)
     rows = []
-    for network in _networks(config, workdir):
-        seeds = tuple(network.config.runs.seeds) or (network.config.seed,)
+    for network in networks:
+        seeds = [run.seed for run in runs.plan_runs(network.config).runs]
         print(f"--- {network.name}: {network.arch}, {network.config.method}, {network.config.num_epochs} epochs, "
               f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} -> {network.workdir}")
         rows.append(_row(network, _train(network)))
     difference = _paired_difference(rows)
-    figure = _cam_figure(config, _networks(config, workdir), workdir / "cams.png")
+    figure = _cam_figure(config, networks, workdir / "cams.png")
     table = _format_table(rows, difference)
     print(table)
     print(f"CAM figure: {figure}")
@@ -146,7 +147,7 @@ def _cam_figure(config: ml_collections.ConfigDict, networks: list[_Network], pat
     for network in networks:
         plan = runs.plan_runs(network.config)
         directory = dict(zip((run.seed for run in plan.runs), plan.directories(network.workdir)))
-        checkpoint = directory.get(config.seed, plan.directories(network.workdir)[0])
+        checkpoint = directory.get(config.seed, next(iter(directory.values())))
         outputs[network.name] = visualize.network_outputs(checkpoint, network.arch, source.num_classes,
                                                           batch["image"])[1]
     return visualize.save_cam_figure(
@@ -155,15 +156,15 @@ def _cam_figure(config: ml_collections.ConfigDict, networks: list[_Network], pat
     )
 
 
-def _mean_std(value: dict[str, float], unit: str, digits: int, sign: str = "") -> str:
-    return f"{value['mean']:{sign}.{digits}f} ± {value['std']:.{digits}f}{unit}"
+def _mean_std(value: dict[str, float], digits: int, sign: str = "") -> str:
+    return f"{value['mean']:{sign}.{digits}f} ± {value['std']:.{digits}f}"
 
 
 def _format_table(rows: list[dict[str, Any]], difference: dict[str, Any]) -> str:
     header = ["network", "arch", "method", "seeds", "best acc %", "final acc %", "CAM in box %"]
     lines = [[row["network"], row["arch"], row["method"], str(len(row["runs"])),
-              *(_mean_std(row[key], "", 2 if key != "cam_localization" else 1) for key in _METRICS)]
+              *(_mean_std(row[key], digits) for key, digits in _METRICS.items())]
              for row in rows]
     lines.append(["CAT-KD - vanilla", "", "paired", str(difference["best_test_acc"]["runs"]),
-                  *(_mean_std(difference[key], "", 2 if key != "cam_localization" else 1, "+") for key in _METRICS)])
+                  *(_mean_std(difference[key], digits, "+") for key, digits in _METRICS.items())])
     return format_table(header, lines) + "\n(mean ± sample standard deviation over the seeds)"

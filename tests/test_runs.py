@@ -213,6 +213,5 @@ def test_command_line_seeds_on_two_devices_match_one_device(tmp_path):
     completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "mean ± std" in completed.stdout
-    workdirs = {1: tmp_path / "devices1", 2: tmp_path / "devices2"}
     for k in (0, 1):
-        assert_same_runs(workdirs[1] / f"run_{k}", workdirs[2] / f"run_{k}")
+        assert_same_runs(tmp_path / "devices1" / f"run_{k}", tmp_path / "devices2" / f"run_{k}")
