@@ -63,10 +63,11 @@ def test_architecture_contract(arch):
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     variables = random_variables(model, (32, 32, 3))
 
-    def train_forward(variables, x):
-        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+    def train_and_eval_forward(variables, x):  # one program: each compile costs seconds
+        return (model.apply(variables, x, train=True, mutable=["batch_stats"]),
+                model.apply(variables, x, train=False))
 
-    (logits, features), updates = jax.jit(train_forward)(variables, images)
+    ((logits, features), updates), (eval_logits, eval_features) = jax.jit(train_and_eval_forward)(variables, images)
     assert logits.shape == (2, NUM_CLASSES)
     assert features.ndim == 4 and features.shape[0] == 2
     kernel = variables["params"]["classifier"]["kernel"]
@@ -82,7 +83,6 @@ def test_architecture_contract(arch):
     assert len(batch_norms) > 0
     assert all(bn["mean"] or bn["var"] for bn in batch_norms)
 
-    eval_logits, eval_features = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     assert eval_logits.shape == logits.shape and eval_features.shape == features.shape
     assert np.all(np.isfinite(eval_logits))
 

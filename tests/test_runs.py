@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -82,27 +84,48 @@ def test_repeated_seed_is_refused():
         runs.plan_runs(tiny_config(runs__seeds=(1, 1)))
 
 
-@pytest.mark.parametrize("vectorize", ["unroll", "vmap"])
-def test_two_seeds_in_one_program_equal_two_single_runs(vectorize, tmp_path):
+@pytest.fixture(scope="module")
+def single_seed_runs(tmp_path_factory) -> dict[int, pathlib.Path]:
+    """Seeds 0 and 1 trained for 2 epochs, each as a single run (tests only read them)."""
+    root = tmp_path_factory.mktemp("single_seed_runs")
     for seed in (0, 1):
-        training.train_and_evaluate(tiny_config(num_epochs=2, seed=seed), tmp_path / f"single{seed}")
-    summary = training.train_and_evaluate(
-        tiny_config(num_epochs=2, runs__seeds=(0, 1), runs__vectorize=vectorize), tmp_path / "multi"
-    )
+        training.train_and_evaluate(tiny_config(num_epochs=2, seed=seed), root / f"seed{seed}")
+    return {seed: root / f"seed{seed}" for seed in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def two_seed_program(tmp_path_factory) -> Callable[[str], tuple[pathlib.Path, dict]]:
+    """Seeds 0 and 1 trained for 2 epochs in one program: `(workdir, summary)` per
+    `runs.vectorize` mode, trained on first use (tests only read them)."""
+    trained = {}
+
+    def train(vectorize: str) -> tuple[pathlib.Path, dict]:
+        if vectorize not in trained:
+            workdir = tmp_path_factory.mktemp(f"two_seeds_{vectorize}")
+            config = tiny_config(num_epochs=2, runs__seeds=(0, 1), runs__vectorize=vectorize)
+            trained[vectorize] = workdir, training.train_and_evaluate(config, workdir)
+        return trained[vectorize]
+
+    return train
+
+
+@pytest.mark.parametrize("vectorize", ["unroll", "vmap"])
+def test_two_seeds_in_one_program_equal_two_single_runs(vectorize, single_seed_runs, two_seed_program):
+    multi, summary = two_seed_program(vectorize)
     for k, seed in enumerate((0, 1)):
-        assert_same_runs(tmp_path / f"single{seed}", tmp_path / "multi" / f"run_{k}")
-        _, info = checkpoints.load_variables(tmp_path / "multi" / f"run_{k}")
+        assert_same_runs(single_seed_runs[seed], multi / f"run_{k}")
+        _, info = checkpoints.load_variables(multi / f"run_{k}")
         assert info["seed"] == seed and info["epoch"] == 2
     # Different seeds really are different runs.
-    assert read_metrics(tmp_path / "single0")[0]["train_loss"] != read_metrics(tmp_path / "single1")[0]["train_loss"]
+    assert read_metrics(single_seed_runs[0])[0]["train_loss"] != read_metrics(single_seed_runs[1])[0]["train_loss"]
 
-    written = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    written = json.loads((multi / "summary.json").read_text())
     assert written == json.loads(json.dumps(summary))
     best = [row["best_test_acc"] for row in written["runs"]]
-    assert best == [max(r["test_acc"] for r in read_metrics(tmp_path / "multi" / f"run_{k}")) for k in (0, 1)]
+    assert best == [max(r["test_acc"] for r in read_metrics(multi / f"run_{k}")) for k in (0, 1)]
     assert written["best_test_acc"]["mean"] == pytest.approx(np.mean(best))
     assert written["best_test_acc"]["std"] == pytest.approx(np.std(best, ddof=1))
-    run_config = json.loads((tmp_path / "multi" / "run_1" / "config.json").read_text())
+    run_config = json.loads((multi / "run_1" / "config.json").read_text())
     assert run_config["seed"] == 1 and run_config["runs"]["seeds"] == []
 
 
@@ -154,11 +177,11 @@ def test_a_diverging_run_stops_alone(tmp_path):
     assert summary["best_test_acc"]["runs"] == 1
 
 
-def test_multi_run_resume_is_bit_identical(tmp_path):
-    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    training.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), uninterrupted)
-    training.train_and_evaluate(tiny_config(num_epochs=1, runs__seeds=(0, 1)), interrupted)
-    training.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1)), interrupted)
+def test_multi_run_resume_is_bit_identical(two_seed_program, tmp_path):
+    uninterrupted, _ = two_seed_program("unroll")
+    interrupted = tmp_path
+    training.train_and_evaluate(tiny_config(num_epochs=1, runs__seeds=(0, 1), runs__vectorize="unroll"), interrupted)
+    training.train_and_evaluate(tiny_config(num_epochs=2, runs__seeds=(0, 1), runs__vectorize="unroll"), interrupted)
     for k in (0, 1):
         a, _ = checkpoints.load_variables(uninterrupted / f"run_{k}")
         b, _ = checkpoints.load_variables(interrupted / f"run_{k}")
@@ -169,16 +192,16 @@ def test_multi_run_resume_is_bit_identical(tmp_path):
         ]
 
 
-def test_eval_of_a_multi_run_workdir_evaluates_every_run(tmp_path, capsys):
-    training.train_and_evaluate(tiny_config(runs__seeds=(0, 1)), tmp_path)
+def test_eval_of_a_multi_run_workdir_evaluates_every_run(two_seed_program, capsys):
+    workdir, _ = two_seed_program("unroll")
     capsys.readouterr()
-    result = training.evaluate(tiny_config(), tmp_path)
-    logged = [read_metrics(tmp_path / f"run_{k}")[-1]["test_acc"] for k in (0, 1)]
+    result = training.evaluate(tiny_config(), workdir)
+    logged = [read_metrics(workdir / f"run_{k}")[-1]["test_acc"] for k in (0, 1)]
     assert [r["test_acc"] for r in result["runs"]] == pytest.approx(logged, abs=1e-9)
     assert result["test_acc"]["mean"] == pytest.approx(np.mean(logged))
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[0].startswith("run_0: top1 ") and printed[-1].startswith("mean ± std over 2 runs: top1 ")
-    one = training.evaluate(tiny_config(), tmp_path / "run_1")  # one run, on its own seed's data
+    one = training.evaluate(tiny_config(), workdir / "run_1")  # one run, on its own seed's data
     assert one["test_acc"] == pytest.approx(logged[1], abs=1e-9)
 
 

@@ -51,9 +51,7 @@ class _MetricsLog:
             kept = [line for line in self.path.read_text().splitlines() if line and _logged_before(
                 json.loads(line), resumed_epoch, resumed_step)]
             self.path.write_text("".join(line + "\n" for line in kept))
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-        self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        self.writer = _summary_writer_class()(str(workdir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
         """Appends an epoch record, or a step record (one with "step")."""
@@ -70,6 +68,24 @@ class _MetricsLog:
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch when torch is not loaded yet.
+
+    tensorboardX imports torch if it is installed, only to accept torch tensors; that costs
+    every run about 1.5 s of start-up, and this log writes Python floats. torch stays importable
+    afterwards (reading a `.pth` needs it).
+    """
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _logged_before(record: dict[str, Any], resumed_epoch: int, resumed_step: int) -> bool:
