@@ -12,16 +12,31 @@ import pathlib
 import shutil
 import tempfile
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# Tests compile far more than they compute. XLA's CPU fusion emitters (its default) compile
+# about a third slower than its older emitters (measured: docs/benchmarks.md). XLA reads
+# XLA_FLAGS when JAX first makes its backend, after this; subprocesses inherit them.
+_TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if _TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # a subprocess importing conftest has them
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAGS}".strip()
 
-from catkd_jax import config_files, training
-from catkd_jax import default_config as default
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
+
+from catkd_jax import config_files, training  # pylint: disable=wrong-import-position
+from catkd_jax import default_config as default  # pylint: disable=wrong-import-position
 
 # Tests compile many small programs once each; XLA's optimisations cost more than they save.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+def xla_flags(*flags: str, fast_compilation: bool = True) -> str:
+    """XLA_FLAGS for a subprocess: this process's and `flags` (a number of CPU devices), without
+    the tests' compile-time flags for a subprocess whose cost is computing, not compiling."""
+    inherited = os.environ["XLA_FLAGS"] if fast_compilation else os.environ["XLA_FLAGS"].replace(_TEST_XLA_FLAGS, "")
+    return " ".join(inherited.split() + list(flags))
+
 
 # Many tests compile the same programs (tiny_config's steps) in fresh closures, and subprocesses
 # compile them again: JAX's persistent compilation cache compiles each once per session. Each
@@ -45,20 +60,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(os.environ[_SESSION_CACHE_VARIABLE], ignore_errors=True)
 
 
-@pytest.fixture
-def optimized_compilation():
-    """XLA's optimisations on, for a test whose cost is training rather than compiling."""
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", True)
-
-
 # The files that take longest, slowest first (measured, docs/benchmarks.md). With several
 # workers (`-n 2 --dist loadfile`), each file runs whole on one worker in this order: long files
 # start first and short ones fill the end, instead of one long file running on alone. A stale
 # list costs only that balance.
-_SLOWEST_FILES = ("test_multihost.py", "test_runs.py", "test_quickstart.py", "test_training.py", "test_imagenet_e2e.py",
-                  "test_models.py", "test_folding.py", "test_interruption.py", "test_resume.py", "test_cli.py")
+_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_multihost.py", "test_training.py", "test_imagenet_e2e.py",
+                  "test_models.py", "test_interruption.py", "test_data.py", "test_resume.py", "test_cli.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, xla_flags
 
 DEFAULT = str(REPO_ROOT / "configs" / "default.py")
 # The compiler settings of this test process (conftest): compiling is most of a tiny run's time.
@@ -142,11 +142,10 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_step_and_the_workdir_is_unt
 
 
 def test_a_batch_the_devices_do_not_divide_is_one_line(tmp_path):
-    env_flags = "--xla_force_host_platform_device_count=2"
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "--config", DEFAULT, *TINY, "--config.batch_size=15",
          "--workdir", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, **CPU_TEST_SETTINGS, XLA_FLAGS=env_flags))
+        env=dict(os.environ, **CPU_TEST_SETTINGS, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2")))
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert _error_line(completed) == ("error: config.batch_size=15 is not divisible by the 2 devices; "
                                       "choose a multiple of 2")

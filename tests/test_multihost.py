@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from catkd_jax import checkpoints
-from conftest import REPO_ROOT, timeless_metrics
+from conftest import REPO_ROOT, timeless_metrics, xla_flags
 from test_interruption import TESTS_ON_PATH, driver_command
 
 DEADLINE = 90  # seconds for any one job
@@ -40,12 +40,13 @@ def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> 
             "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
 
 
-def _environment(cache: pathlib.Path, **variables: str) -> dict[str, str]:
-    """The environment of one process: no cluster variables of the caller's, and JAX's compilation
-    cache in `cache` (see `_two_processes`) instead of the session's."""
+def _environment(cache: pathlib.Path, devices: int = 1, **variables: str) -> dict[str, str]:
+    """The environment of one process with `devices` CPU devices: no cluster variables of the
+    caller's, and JAX's compilation cache in `cache` (see `_two_processes`) instead of the session's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
     return dict(env, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **TESTS_ON_PATH, **variables)
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"), **TESTS_ON_PATH, **variables)
 
 
 def _free_port() -> int:
@@ -118,7 +119,7 @@ def reference(teacher_dir, compilation_cache, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("one_process")
     with _Job(workdir.parent / f"{workdir.name}_logs") as job:
         job.start(_main_command(workdir, teacher_dir, 3),
-                  _environment(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                  _environment(compilation_cache, devices=2))
         assert job.wait() == [0], job.output(0)[-3000:]
     return workdir
 

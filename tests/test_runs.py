@@ -17,7 +17,7 @@ import pytest
 
 from catkd_jax import checkpoints, config_files, runs, training
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT, read_metrics, tiny_config
+from conftest import REPO_ROOT, read_metrics, tiny_config, xla_flags
 
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
@@ -232,7 +232,7 @@ def test_command_line_seeds_on_two_devices_match_one_device(tmp_path):
     flags = [f"--config.{key}={value}" for key, value in _CLI_SETTINGS.items()]
     script = _CLI_SCRIPT.format(config=str(config_file), workdir=str(tmp_path / "devices2"), flags=flags,
                                 main=str(REPO_ROOT / "main.py"))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
     completed = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "mean ± std" in completed.stdout

@@ -20,7 +20,7 @@ import pytest
 
 from catkd_jax import checkpoints, convert, runs, training
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT, read_metrics, tiny_config
+from conftest import REPO_ROOT, read_metrics, tiny_config, xla_flags
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
     assert jax.device_count() == 1
     training.train_and_evaluate(tiny_config(**settings), tmp_path / "devices1")  # here, on this process's device
     script = _MULTI_DEVICE_SCRIPT.format(settings=settings, workdir=str(tmp_path / "devices4"))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO_ROOT / "tests"))  # for conftest
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
     one, four = read_metrics(tmp_path / "devices1")[0], read_metrics(tmp_path / "devices4")[0]
