@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
     # 'teacher_prob' (by the teacher's softmax probability of each class, normalised to mean 1
     # per image: the paper's extension "CAMs weighted by prediction score").
     config.cat_kd.class_weighting = "uniform"
+    # The teacher's maps to transfer: 'classifier' (its CAMs: the paper's CAT) or 'gradcam'
+    # (Grad-CAM of each class at the same feature map: the paper's extension, which trained to
+    # only 10-15% on CIFAR-10; see losses.grad_cams).
+    config.cat_kd.teacher_cams = "classifier"
 
     # Hinton KD baseline: ce_weight * CE + kd_weight * KL(teacher || student) at temperature.
     config.kd = ml_collections.ConfigDict()

@@ -10,6 +10,7 @@ Reference: Guo et al., "Class Attention Transfer Based Knowledge Distillation", 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -111,15 +112,51 @@ def cat_loss(
     """Class attention transfer: MSE between pooled student and teacher CAMs.
 
     Both sides' CAMs are computed from their features and classifier kernels (the teacher's
-    under `stop_gradient`), the teacher's optionally binarised, both adaptive-average-pooled to
-    `resolution x resolution`, optionally l2-normalised per CAM over its positions, then
-    compared by mean squared error.
+    under `stop_gradient`) and compared by `cam_transfer_loss`.
 
     Args:
       student_features: `[N, Hs, Ws, Ks]`.
       student_kernel: `[Ks, C]`.
       teacher_features: `[N, Ht, Wt, Kt]` (spatial size and channels may differ from the student).
       teacher_kernel: `[Kt, C]`.
+      resolution, normalize, binarize, class_mask, class_weights: as `cam_transfer_loss`.
+    Returns:
+      scalar float32.
+    """
+    _require_rank("student_features", student_features, 4, "[N, H, W, K]")
+    _require_rank("teacher_features", teacher_features, 4, "[N, H, W, K]")
+    _require_rank("student_kernel", student_kernel, 2, "[K, C]")
+    _require_rank("teacher_kernel", teacher_kernel, 2, "[K, C]")
+    return cam_transfer_loss(
+        class_activation_maps(student_features, student_kernel),
+        jax.lax.stop_gradient(class_activation_maps(teacher_features, teacher_kernel)),
+        resolution=resolution,
+        normalize=normalize,
+        binarize=binarize,
+        class_mask=class_mask,
+        class_weights=class_weights,
+    )
+
+
+def cam_transfer_loss(
+    student_cams: jax.Array,
+    teacher_cams: jax.Array,
+    *,
+    resolution: int = 2,
+    normalize: bool = False,
+    binarize: bool = False,
+    class_mask: jax.Array | None = None,
+    class_weights: jax.Array | None = None,
+) -> jax.Array:
+    """CAT's comparison of two sets of class maps: the teacher's optionally binarised, both
+    adaptive-average-pooled to `resolution x resolution`, optionally l2-normalised per map over
+    its positions, then compared by mean squared error. Gradients flow into both sides: pass
+    the teacher's maps under `stop_gradient`.
+
+    Args:
+      student_cams: `[N, Hs, Ws, C]`.
+      teacher_cams: `[N, Ht, Wt, C]` (spatial size may differ from the student's), e.g.
+        `class_activation_maps` or `grad_cams`.
       resolution: side of the pooled CAMs, >= 1.
       normalize: l2-normalise each pooled CAM over its `resolution**2` positions.
       binarize: replace teacher CAMs by `binarize_cams` before pooling.
@@ -132,31 +169,26 @@ def cat_loss(
     Returns:
       scalar float32.
     """
-    _require_rank("student_features", student_features, 4, "[N, H, W, K]")
-    _require_rank("teacher_features", teacher_features, 4, "[N, H, W, K]")
-    _require_rank("student_kernel", student_kernel, 2, "[K, C]")
-    _require_rank("teacher_kernel", teacher_kernel, 2, "[K, C]")
-    if student_features.shape[0] != teacher_features.shape[0]:
+    _require_rank("student_cams", student_cams, 4, "[N, H, W, C]")
+    _require_rank("teacher_cams", teacher_cams, 4, "[N, H, W, C]")
+    num_examples, num_classes = student_cams.shape[0], student_cams.shape[-1]
+    if teacher_cams.shape[0] != num_examples:
         raise ValueError(
-            f"student and teacher batch sizes differ: {student_features.shape[0]} vs "
-            f"{teacher_features.shape[0]}"
+            f"student and teacher batch sizes differ: {num_examples} vs {teacher_cams.shape[0]}"
         )
-    if student_kernel.shape[1] != teacher_kernel.shape[1]:
+    if teacher_cams.shape[-1] != num_classes:
         raise ValueError(
-            f"student and teacher class counts differ: {student_kernel.shape[1]} vs "
-            f"{teacher_kernel.shape[1]}"
+            f"student and teacher class counts differ: {num_classes} vs {teacher_cams.shape[-1]}"
         )
     if not isinstance(resolution, (int, np.integer)) or resolution < 1:
         raise ValueError(f"resolution must be an integer >= 1, got {resolution!r}")
     for name, per_class in (("class_mask", class_mask), ("class_weights", class_weights)):
-        if per_class is not None and jnp.shape(per_class) != (student_features.shape[0], student_kernel.shape[1]):
+        if per_class is not None and jnp.shape(per_class) != (num_examples, num_classes):
             raise ValueError(
-                f"{name} must have shape [N, C] = "
-                f"{[student_features.shape[0], student_kernel.shape[1]]}, got {jnp.shape(per_class)}"
+                f"{name} must have shape [N, C] = {[num_examples, num_classes]}, got {jnp.shape(per_class)}"
             )
 
-    student = class_activation_maps(student_features, student_kernel)
-    teacher = jax.lax.stop_gradient(class_activation_maps(teacher_features, teacher_kernel))
+    student, teacher = _f32(student_cams), _f32(teacher_cams)
     if binarize:
         teacher = binarize_cams(teacher)
     student = adaptive_avg_pool(student, resolution)
@@ -167,8 +199,8 @@ def cat_loss(
     squared_error = jnp.square(student - teacher)
     if class_mask is None and class_weights is None:
         return jnp.mean(squared_error)
-    selected = jnp.ones(student_kernel.shape[1:], jnp.float32) if class_mask is None else jnp.asarray(class_mask, jnp.float32)
-    selected = jnp.broadcast_to(selected, (student_features.shape[0], student_kernel.shape[1]))
+    selected = jnp.ones((num_classes,), jnp.float32) if class_mask is None else jnp.asarray(class_mask, jnp.float32)
+    selected = jnp.broadcast_to(selected, (num_examples, num_classes))
     weights = selected
     if class_weights is not None:
         weights = selected * jax.lax.stop_gradient(jnp.asarray(class_weights, jnp.float32))
@@ -177,6 +209,34 @@ def cat_loss(
         weights = weights / jnp.where(mean > 0, mean, 1.0)
     count = jnp.sum(selected) * resolution * resolution
     return jnp.sum(squared_error * weights[:, None, None, :]) / jnp.maximum(count, 1.0)
+
+
+def grad_cams(features: jax.Array, head: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Grad-CAM (Selvaraju et al. 2017) of every class at the map `head` classifies.
+
+    For class c, the gradient of its score `head(features)[:, c]` with respect to `features`,
+    averaged over positions, weighs the channels; the map is the ReLU of the weighted sum. All
+    classes at once: one `vjp` of `head`, vmapped over the classes' one-hot cotangents. Computed
+    under `stop_gradient` (a teacher's maps).
+
+    For a head that average-pools and applies a linear classifier (every network here), the
+    gradient is `kernel[:, c] / (H * W)` at every position, so the result equals
+    `relu(class_activation_maps(features, kernel)) / (H * W)`.
+
+    Args:
+      features: `[N, H, W, K]`.
+      head: `[N, H, W, K] -> [N, C]`, the class scores before the softmax.
+    Returns:
+      `[N, H, W, C]` float32, non-negative.
+    """
+    _require_rank("features", features, 4, "[N, H, W, K]")
+    features = jax.lax.stop_gradient(_f32(features))
+    scores, pullback = jax.vjp(head, features)
+    num_classes = scores.shape[-1]
+    one_hots = jnp.broadcast_to(jnp.eye(num_classes, dtype=scores.dtype)[:, None, :], (num_classes, *scores.shape))
+    (gradients,) = jax.vmap(pullback)(one_hots)  # [C, N, H, W, K]
+    channel_weights = jnp.mean(gradients, axis=(2, 3))  # [C, N, K]
+    return jax.nn.relu(jnp.einsum("nhwk,cnk->nhwc", features, channel_weights))
 
 
 def teacher_probability_weights(teacher_logits: jax.Array) -> jax.Array:

@@ -27,6 +27,11 @@ class Outputs:
     kernel: jax.Array  # [K, C], the classifier kernel
     bias: Optional[jax.Array]  # [C], or None for a bias-free (CAM-head) classifier
 
+    def head(self, features: jax.Array) -> jax.Array:
+        """`[N, h, w, K] -> [N, C]`: the classifier on the average-pooled map (`logits` of `features`)."""
+        logits = jnp.mean(features, axis=(1, 2)) @ self.kernel
+        return logits if self.bias is None else logits + self.bias
+
 
 LossTerms = dict[str, jax.Array]
 Method = Callable[
@@ -45,6 +50,13 @@ def _is_zero(weight: float | jax.Array) -> bool:
     return isinstance(weight, (int, float)) and weight == 0
 
 
+def _require_choice(settings: ml_collections.ConfigDict, name: str, choices: tuple[str, ...]) -> None:
+    if settings[name] not in choices:
+        raise ConfigError(
+            f"config.cat_kd.{name} must be {' or '.join(repr(choice) for choice in choices)}, got {settings[name]!r}"
+        )
+
+
 def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch: jax.Array) -> LossTerms:
     """ce_weight * CE + beta * CAT (Guo et al. 2023)."""
     del epoch
@@ -54,20 +66,20 @@ def cat_kd(config, student: Outputs, teacher: Outputs, labels: jax.Array, epoch:
         # The original ranks classes by the teacher's CAM-head logits, which carry no bias.
         scores = teacher.logits if teacher.bias is None else teacher.logits - teacher.bias
         class_mask = losses.select_cam_classes(scores, settings.num_cams, settings.cam_strategy)
-    if settings.class_weighting not in ("uniform", "teacher_prob"):
-        raise ConfigError(
-            f"config.cat_kd.class_weighting must be 'uniform' or 'teacher_prob', got {settings.class_weighting!r}"
-        )
+    _require_choice(settings, "class_weighting", ("uniform", "teacher_prob"))
+    _require_choice(settings, "teacher_cams", ("classifier", "gradcam"))
     class_weights = None
     if settings.class_weighting == "teacher_prob":
         class_weights = losses.teacher_probability_weights(teacher.logits)
+    if settings.teacher_cams == "classifier":
+        teacher_cams = losses.class_activation_maps(teacher.features, teacher.kernel)
+    else:
+        teacher_cams = losses.grad_cams(teacher.features, teacher.head)
     terms = {
         "loss_cat": settings.beta
-        * losses.cat_loss(
-            student.features,
-            student.kernel,
-            teacher.features,
-            teacher.kernel,
+        * losses.cam_transfer_loss(
+            losses.class_activation_maps(student.features, student.kernel),
+            jax.lax.stop_gradient(teacher_cams),
             resolution=settings.resolution,
             normalize=settings.normalize,
             binarize=settings.binarize,

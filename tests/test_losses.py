@@ -377,3 +377,46 @@ def test_teacher_probability_weights_are_the_teachers_softmax():
     logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(losses.teacher_probability_weights(logits), expected, rtol=1e-6)
+
+
+def test_grad_cams_equal_each_class_computed_alone():
+    """All classes at once (one vmapped vjp) against one `jax.grad` per class, with a head whose
+    gradient varies over positions and examples."""
+    rng = np.random.default_rng(0)
+    features = jnp.asarray(rng.standard_normal((3, 4, 5, 6)), jnp.float32)
+    inner, outer = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((6, 8), (8, 7)))
+
+    def head(maps):  # [N, H, W, K] -> [N, C], non-linear at each position
+        return jnp.mean(jnp.tanh(maps @ inner) @ outer, axis=(1, 2))
+
+    expected = []
+    for c in range(7):
+        gradient = jax.grad(lambda maps: head(maps)[:, c].sum())(features)  # examples are independent
+        weights = np.asarray(gradient).mean(axis=(1, 2))  # [N, K]
+        expected.append(np.maximum(np.einsum("nhwk,nk->nhw", np.asarray(features), weights), 0.0))
+    got = jax.jit(losses.grad_cams, static_argnums=1)(features, head)
+    assert got.shape == (3, 4, 5, 7)
+    np.testing.assert_allclose(got, np.stack(expected, axis=-1), rtol=1e-5, atol=1e-6)
+    assert np.any(np.asarray(got) == 0.0) and np.any(np.asarray(got) > 0.0)  # the ReLU acted
+
+
+def test_grad_cams_of_a_pooled_linear_head_are_the_rectified_cams_over_the_positions():
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((2, 4, 4, 6)).astype(np.float32)
+    kernel, bias = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    got = losses.grad_cams(jnp.asarray(features), lambda maps: jnp.mean(maps, axis=(1, 2)) @ kernel + bias)
+    expected = np.maximum(np.einsum("nhwk,kc->nhwc", features, kernel), 0.0) / 16
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # The maps are constants (a teacher's): no gradient reaches the features through them.
+    gradient = jax.grad(lambda maps: losses.grad_cams(maps, lambda m: jnp.mean(m, axis=(1, 2)) @ kernel).sum())(
+        jnp.asarray(features))
+    np.testing.assert_array_equal(gradient, np.zeros_like(features))
+
+
+def test_cam_transfer_loss_of_class_activation_maps_is_cat_loss():
+    problem = _random_problem()
+    student = losses.class_activation_maps(problem["student_features"], problem["student_kernel"])
+    teacher = losses.class_activation_maps(problem["teacher_features"], problem["teacher_kernel"])
+    for options in (dict(), dict(normalize=True, binarize=True, resolution=1)):
+        assert float(losses.cam_transfer_loss(student, teacher, **options)) == float(
+            losses.cat_loss(**problem, **options))
