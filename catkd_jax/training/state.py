@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -26,8 +26,14 @@ def activation_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 def initialize(model: flax.linen.Module, key: jax.Array, image_shape: tuple[int, ...]) -> Variables:
     """`{"params", "batch_stats"}` of `model` for images of `image_shape` `[H, W, 3]`."""
+    return _initializer(model, image_shape)(key)
+
+
+def _initializer(model: flax.linen.Module, image_shape: tuple[int, ...]) -> Callable[[jax.Array], Variables]:
+    """`initialize` of `model` as a function of the key, traced and compiled once for all keys."""
     images = jnp.zeros((1, *image_shape), jnp.float32)
-    return jax.jit(functools.partial(model.init, train=False))(key, images)
+    init = jax.jit(functools.partial(model.init, train=False))
+    return lambda key: init(key, images)
 
 
 @flax.struct.dataclass
@@ -68,10 +74,11 @@ def initial_states(
     them from `weights` (`initial_weights`) when given.
     """
     states = []
+    initialize_student = _initializer(student, image_shape)
     for run, run_config in zip(plan.runs, run_configs):
         variables = weights
         if variables is None:
-            variables = initialize(student, jax.random.fold_in(jax.random.key(run.seed), 0), image_shape)
+            variables = initialize_student(jax.random.fold_in(jax.random.key(run.seed), 0))
         states.append(create_train_state(variables, create_optimizer(run_config, steps_per_epoch)).as_dict())
     return TrainState(**runs.stack(jax.device_get(states)))
 
