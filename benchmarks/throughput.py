@@ -6,7 +6,8 @@
 The train step is the one training uses (`catkd_jax.training.make_multi_run_step`, here with
 `--runs` students): teacher forward, student forward and backward, SGD update. Reported:
 images/s of training and of evaluation (student forward), counted over all runs' students,
-seconds to compile (and run once) the train step, peak host memory.
+seconds to compile (and run once) the train step, its FLOPs and device memory from XLA's
+cost and memory analyses, peak host memory.
 With --json, one JSON object on stdout.
 """
 
@@ -86,9 +87,11 @@ def run(args: argparse.Namespace) -> dict:
     eval_step = jax.jit(training.make_multi_run_eval_step(student, plan, vectorize))
 
     started = time.perf_counter()
-    state, metrics = train_step(state, train_batch, teacher_variables, values)
+    compiled_step = train_step.lower(state, train_batch, teacher_variables, values).compile()
+    state, metrics = compiled_step(state, train_batch, teacher_variables, values)
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - started
+    train_step = compiled_step
     for _ in range(args.warmup):
         state, metrics = train_step(state, train_batch, teacher_variables, values)
     jax.block_until_ready(metrics)
@@ -117,8 +120,29 @@ def run(args: argparse.Namespace) -> dict:
         "train_images_per_sec": images / train_seconds,
         "eval_images_per_sec": images / eval_seconds,
         "compile_seconds": compile_seconds,
+        "train_step_flops": _cost(compiled_step, "flops"),
+        "train_step_memory_mib": _memory_mib(compiled_step),
         "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _cost(compiled: jax.stages.Compiled, key: str) -> float | None:
+    """A figure of XLA's cost analysis of `compiled` (None where the backend gives none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # one dict per program in older JAX versions
+        analysis = analysis[0] if analysis else None
+    return float(analysis[key]) if analysis and key in analysis else None
+
+
+def _memory_mib(compiled: jax.stages.Compiled) -> float | None:
+    """Device memory the compiled step needs, from XLA's memory analysis: its arguments, outputs
+    and temporaries, less the outputs that reuse donated arguments (None where not reported)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+             - analysis.alias_size_in_bytes)
+    return total / 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

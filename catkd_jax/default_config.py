@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dir = ""  # TFDS data_dir ('' = TFDS's default) or the folder root (train/, test/)
     config.data.reserved_classes = 0  # train on the first k classes only (0 = all)
     config.data.reserved_rate = 1.0  # keep the first rate * n training images of each class
+    # Training augmentation of the in-memory (CIFAR-style) sources: 'crop_flip' (pad 4, random
+    # crop, random flip: the recipe) or 'trivial_augment' (the same, then torchvision's
+    # TrivialAugmentWide: the paper's strong ResNet32x4 teacher of Table 4).
+    config.data.augment = "crop_flip"
     config.data.synthetic_train_size = 1024  # sizes of the generated sets ('synthetic', 'shapes')
     config.data.synthetic_test_size = 256
     # imagenet2012 only: side of the square crops (0 = 224); training takes random-resized

@@ -64,8 +64,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # workers (`-n 2 --dist loadfile`), each file runs whole on one worker in this order: long files
 # start first and short ones fill the end, instead of one long file running on alone. A stale
 # list costs only that balance.
-_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_imagenet_e2e.py", "test_training.py", "test_models.py",
-                  "test_multihost.py", "test_benchmarks.py", "test_resume.py", "test_interruption.py", "test_data.py",
+_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_benchmarks.py", "test_models.py", "test_imagenet_e2e.py",
+                  "test_training.py", "test_data.py", "test_interruption.py", "test_multihost.py", "test_resume.py",
                   "test_cli.py", "test_methods.py")
 
 

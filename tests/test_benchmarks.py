@@ -8,8 +8,10 @@ import json
 import re
 import sys
 
+import numpy as np
 import pytest
 
+from catkd_jax.data import save_npz
 from conftest import REPO_ROOT
 
 
@@ -19,20 +21,6 @@ def _script(name: str):
     sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def test_throughput_reports_the_documented_keys():
-    script = _script("throughput")
-    args = script.parse_args(["--teacher=resnet8", "--student=resnet8", "--batch-size=8", "--steps=3", "--warmup=1"])
-    result = script.run(args)
-    for key in ("train_images_per_sec", "eval_images_per_sec", "compile_seconds", "peak_host_memory_mib"):
-        assert result[key] > 0, key
-    # Consistent figures: an eval step (the student's forward pass) is faster than a train step
-    # (the teacher's forward pass, the student's forward and backward passes, the update), and
-    # compiling the train step takes longer than running it once.
-    assert result["eval_images_per_sec"] > result["train_images_per_sec"]
-    assert result["compile_seconds"] > args.batch_size / result["train_images_per_sec"]
-    assert result["peak_host_memory_mib"] > 100  # JAX alone takes more
 
 
 def test_input_pipeline_benchmark_counts_images():
@@ -91,3 +79,46 @@ def test_paper_table_a3_at_tiny_scale_sets_each_cells_mean_and_std_beside_the_pa
         assert difference == f"{mean - float(paper_cell):+.2f}"
     # One sweep program per teacher, each teacher trained once (none was given).
     assert sorted(path.name for path in (tmp_path / "teachers").iterdir()) == sorted(teachers.values())
+
+
+def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    rng = np.random.default_rng(0)
+    save_npz(tmp_path / "data.npz", (rng.integers(0, 256, (32, 32, 32, 3), np.uint8), np.arange(32) % 10,
+                                     rng.integers(0, 256, (16, 32, 32, 3), np.uint8), np.arange(16) % 10),
+             [f"class_{k}" for k in range(10)])
+    script = _script("device_suite")
+    monkeypatch.setattr(sys, "argv", ["device_suite.py", "--tiny", f"--data={tmp_path / 'data.npz'}",
+                                      f"--out={tmp_path / 'suite.json'}"])
+    script.main()
+    result = json.loads((tmp_path / "suite.json").read_text())
+    assert result["skipped"] == [] and result["backend"] == "cpu"
+    settings = [(r["batch_size"], r["dtype"], r["teacher_batch_norm_folded"]) for r in result["throughput"]]
+    assert settings == [(8, "float32", True), (16, "bfloat16", True), (8, "float32", False)]
+    for r in result["throughput"] + result["runs"]:  # throughput.py's figures
+        assert r["train_images_per_sec"] > 0 and r["train_step_flops"] > 0 and r["train_step_memory_mib"] > 0
+        # Consistent figures: an eval step (the student's forward pass) is faster than a train
+        # step (the teacher's forward pass, the student's forward and backward passes, the
+        # update), and compiling the train step takes longer than running it once.
+        assert r["eval_images_per_sec"] > r["train_images_per_sec"]
+        assert r["compile_seconds"] > r["batch_size"] * r["runs"] / r["train_images_per_sec"]
+        assert r["peak_host_memory_mib"] > 100  # JAX alone takes more
+        steps_per_second = r["train_images_per_sec"] / (r["batch_size"] * r["runs"])
+        assert r["achieved_tflops"] == pytest.approx(r["train_step_flops"] * steps_per_second / 1e12)
+        assert r["fraction_of_peak"] is None  # a CPU's peak is not in the table
+    assert [(r["runs"], r["vectorized"]) for r in result["runs"]] == [(1, False), (2, True)]
+    # Two runs of the same step compile to more work than one: XLA's FLOPs double with the runs.
+    assert result["runs"][1]["train_step_flops"] == pytest.approx(2 * result["runs"][0]["train_step_flops"], rel=0.01)
+    real = result["real_data"]
+    assert real["bit_identical"] and real["epochs"] == 1 and real["steps"] == 32 // 8
+    assert len(real["train_loss_by_epoch"]) == 1 and 0.0 <= real["best_test_acc"] <= 100.0
+    printed = capsys.readouterr().out
+    assert "resnet8 -> resnet8" in printed and "two runs bit-identical: True" in printed
+
+
+def test_device_suite_finds_a_peak_by_device_kind(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("device_suite")
+    assert script.peak_tflops("NVIDIA H200", "bfloat16") == 989.4
+    assert script.peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 156.0
+    assert script.peak_tflops("cpu", "float32") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,8 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from catkd_jax.data import ArraySource, DataSource, augment, create_source, generated, reduce_training_set
-from conftest import REPO_ROOT, shared_path
+from catkd_jax import config_files, training
+from catkd_jax.data import (ArraySource, DataSource, NumpyArraySource, augment, create_source, generated,
+                            reduce_training_set, save_npz, trivial_augment)
+from catkd_jax.errors import MissingInputError
+from conftest import REPO_ROOT, read_metrics, shared_path
 
 # The original recipe's constants, restated here so a typo in the module cannot hide.
 MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
@@ -47,8 +51,9 @@ def _to_uint8(images: np.ndarray, name: str = "cifar100") -> np.ndarray:
     return np.round(pixels).astype(np.uint8)
 
 
-def _array_source(images, labels, test_images=None, **kwargs):
-    """An `ArraySource` whose test set is its training set (or `test_images`, same labels)."""
+def _array_source(images, labels, test_images=None, source_class=ArraySource, **kwargs):
+    """An `ArraySource` (or `source_class`) whose test set is its training set (or `test_images`,
+    same labels)."""
     settings = dict(
         num_classes=int(np.max(labels)) + 1,
         mean=MEAN["cifar100"],
@@ -61,7 +66,7 @@ def _array_source(images, labels, test_images=None, **kwargs):
     )
     settings.update(kwargs)
     test_images = images if test_images is None else test_images
-    return ArraySource(images, labels, test_images, labels, **settings)
+    return source_class(images, labels, test_images, labels, **settings)
 
 
 def _random_images(n: int, seed: int = 0) -> np.ndarray:
@@ -133,10 +138,11 @@ def test_same_seed_and_epoch_give_identical_batches():
     assert not np.array_equal(order, _stack(batches(1, 1), "label"))
 
 
-def test_augmentation_is_a_zero_padded_shift_and_a_fair_flip_and_eval_is_untouched():
+@pytest.mark.parametrize("source_class", [ArraySource, NumpyArraySource], ids=["tf.data", "numpy"])
+def test_augmentation_is_a_zero_padded_shift_and_a_fair_flip_and_eval_is_untouched(source_class):
     n = 256
     images, labels = _random_images(n), np.arange(n)
-    source = _array_source(images, labels, batch_size=64)
+    source = _array_source(images, labels, batch_size=64, source_class=source_class)
     batches = list(source.train_batches(1))
     padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
     shifts, flips = [], []
@@ -157,6 +163,69 @@ def test_augmentation_is_a_zero_padded_shift_and_a_fair_flip_and_eval_is_untouch
     evals = list(source.eval_batches())
     np.testing.assert_array_equal(_to_uint8(_stack(evals, "image")), images)
     np.testing.assert_array_equal(_stack(evals, "label"), labels)
+
+
+def test_an_npz_file_round_trips_and_its_source_evaluates_exactly_like_the_tfdata_one(tmp_path):
+    images, labels = _random_images(40), np.arange(40) % 10
+    names = [f"class_{k}" for k in range(10)]
+    save_npz(tmp_path / "data.npz", (images, labels, images[:24], labels[:24]), names)
+    config = _config(data_source="npz", data_dir=str(tmp_path / "data.npz"), data_name="cifar10", batch_size=8,
+                     eval_batch_size=16)
+    source = create_source(config, process_index=0, process_count=1)
+    assert (source.class_names, source.num_train, source.num_eval) == (names, 40, 24)
+    reference = ArraySource(images, labels, images[:24], labels[:24], num_classes=10, mean=MEAN["cifar10"],
+                            std=STD["cifar10"], batch_size=8, eval_batch_size=16, seed=0, process_index=0,
+                            process_count=1)
+    for ours, theirs in zip(source.eval_batches(), reference.eval_batches(), strict=True):
+        for key in theirs:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+
+    with pytest.raises(MissingInputError, match="config.data.dir='/nonexistent/cifar.npz' is not a file; "
+                                                "data.source='npz' reads one .npz"):
+        create_source(_config(data_source="npz", data_dir="/nonexistent/cifar.npz", data_name="cifar10"))
+    np.savez(tmp_path / "partial.npz", train_images=images)
+    with pytest.raises(ValueError, match="partial.npz lacks the arrays train_labels, test_images, test_labels, "
+                                         "class_names"):
+        create_source(_config(data_source="npz", data_dir=str(tmp_path / "partial.npz"), data_name="cifar10"))
+
+
+def test_trivial_augment_applies_one_of_its_ops_to_each_cropped_and_flipped_image():
+    """Each training image is its crop-and-flip image (the same seed's, without TrivialAugment)
+    transformed by exactly one TrivialAugmentWide op and magnitude; reproducible per epoch."""
+    n = 32
+    images, labels = _random_images(n), np.arange(n)
+    plain = _stack(list(_array_source(images, labels).train_batches(1)), "image")
+    source = _array_source(images, labels, trivial_augment=True)
+    augmented = _stack(list(source.train_batches(1)), "image")
+    np.testing.assert_array_equal(_stack(list(source.train_batches(1)), "image"), augmented)
+    assert not np.array_equal(_stack(list(source.train_batches(2)), "image"), augmented)
+    candidates = [(op, sign * trivial_augment.magnitude(op, index)) for op in trivial_augment.OPS
+                  for index in range(trivial_augment.NUM_BINS)
+                  for sign in ((1, -1) if op in trivial_augment.SIGNED else (1,))]
+    applied, unchanged = set(), 0
+    for before, after in zip(_to_uint8(plain), _to_uint8(augmented)):
+        ops = {op for op, magnitude in candidates
+               if np.array_equal(trivial_augment.apply_op(before, op, magnitude), after)}
+        assert ops, "an image is not its crop-and-flip image under any TrivialAugmentWide op"
+        applied |= ops
+        unchanged += np.array_equal(before, after)
+    assert len(applied) >= 6 and unchanged < n / 4  # many different ops were drawn, most change the image
+
+
+def test_the_strong_teacher_config_trains_one_epoch_with_trivial_augment(tmp_path):
+    """configs/cifar100_teacher_resnet32x4_trivial_augment.py (Table 4's teacher) on TFDS mock data,
+    with a resnet8 in place of its resnet32x4 (the model tests cover that architecture)."""
+    import tensorflow_datasets as tfds
+
+    config = config_files.load_config(REPO_ROOT / "configs" / "cifar100_teacher_resnet32x4_trivial_augment.py")
+    assert (config.data.augment, config.student.arch) == ("trivial_augment", "resnet32x4")
+    config = config_files.with_values(config, {"batch_size": 16, "eval_batch_size": 16, "num_epochs": 1,
+                                               "student.arch": "resnet8"})
+    with tfds.testing.mock_data(num_examples=32):
+        training.train_and_evaluate(config, tmp_path)
+    (record,) = read_metrics(tmp_path)
+    assert np.isfinite(record["train_loss"]) and json.loads((tmp_path / "config.json").read_text())["data"][
+        "augment"] == "trivial_augment"
 
 
 def test_reduce_training_set_keeps_the_first_examples_of_the_first_classes():
@@ -238,8 +307,11 @@ def test_folder_source_reads_real_cifar10_jpegs(tmp_path):
     assert batch["image"].shape == (10, 32, 32, 3) and set(batch["label"]) <= set(range(10))
 
 
-@pytest.mark.parametrize("source", ["synthetic", "shapes"])
-def test_numpy_sources_work_without_tensorflow(source):
+@pytest.mark.parametrize("source", ["synthetic", "shapes", "npz"])
+def test_numpy_sources_work_without_tensorflow(source, tmp_path):
+    augment = "trivial_augment" if source == "npz" else "crop_flip"
+    save_npz(tmp_path / "data.npz", (_random_images(20), np.arange(20) % 10, _random_images(10, 1), np.arange(10)),
+             [f"class_{k}" for k in range(10)])
     script = textwrap.dedent(
         f"""
         import sys
@@ -248,8 +320,8 @@ def test_numpy_sources_work_without_tensorflow(source):
         import ml_collections
         from catkd_jax.data import create_source
         config = ml_collections.ConfigDict(dict(seed=3, batch_size=8, eval_batch_size=8, data=dict(
-            name="cifar10", source="{source}", dir="", reserved_classes=0, reserved_rate=1.0,
-            synthetic_train_size=20, synthetic_test_size=10)))
+            name="cifar10", source="{source}", dir="{tmp_path / 'data.npz'}", reserved_classes=0, reserved_rate=1.0,
+            synthetic_train_size=20, synthetic_test_size=10, augment="{augment}")))
         source = create_source(config)
         assert len(list(source.train_batches(1))) == 2
         assert sum(batch["mask"].sum() for batch in source.eval_batches()) == 10
@@ -433,6 +505,13 @@ def _arrays_in_process(index: int, count: int) -> DataSource:
     )
 
 
+def _npz_arrays_in_process(index: int, count: int) -> DataSource:
+    """`_arrays_in_process`'s arrays through the numpy path, TrivialAugment included."""
+    return NumpyArraySource(_random_images(50), np.arange(50), _random_images(50, seed=1), np.arange(50),
+                            num_classes=50, mean=MEAN["cifar100"], std=STD["cifar100"], trivial_augment=True,
+                            batch_size=8, eval_batch_size=12, seed=0, process_index=index, process_count=count)
+
+
 def _synthetic_in_process(index: int, count: int) -> DataSource:
     config = _config(
         batch_size=8, eval_batch_size=12, data_synthetic_train_size=50, data_synthetic_test_size=50
@@ -453,8 +532,8 @@ def _shapes_in_process(index: int, count: int) -> DataSource:
 
 @pytest.mark.parametrize(
     "make",
-    [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
-    ids=["arrays", "synthetic", "shapes"],
+    [_arrays_in_process, _npz_arrays_in_process, _synthetic_in_process, _shapes_in_process],
+    ids=["arrays", "npz", "synthetic", "shapes"],
 )
 def test_two_processes_partition_each_global_batch(make):
     whole, first, second = make(0, 1), make(0, 2), make(1, 2)
@@ -479,7 +558,7 @@ def test_two_processes_partition_each_global_batch(make):
 def _training_split(kind: str, source: DataSource) -> dict[str, np.ndarray]:
     """The 50 training examples the `_*_in_process` sources hold, in data-set order, as stored
     or generated: uint8 pixels (the synthetic source's float examples), labels, boxes."""
-    if kind == "arrays":
+    if kind in ("arrays", "npz"):
         return {"image": _random_images(50), "label": np.arange(50)}
     if kind == "shapes":
         images, labels, _, boxes = generated.shapes_split(0, 0, 50)
@@ -490,8 +569,8 @@ def _training_split(kind: str, source: DataSource) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     "make",
-    [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
-    ids=["arrays", "synthetic", "shapes"],
+    [_arrays_in_process, _npz_arrays_in_process, _synthetic_in_process, _shapes_in_process],
+    ids=["arrays", "npz", "synthetic", "shapes"],
 )
 def test_train_eval_batches_are_the_training_split_unaugmented_in_order(make, request):
     kind = request.node.callspec.id
@@ -578,6 +657,8 @@ def test_missing_tfds_data_says_where_it_looked_and_what_to_do(tmp_path):
         (dict(data_source="folder"), 1, "config.data.dir is empty"),
         (dict(data_source="shapes", data_reserved_classes=6), 1, "reserved_classes=6 is outside 0..5"),
         (dict(data_source="shapes", data_synthetic_train_size=0), 1, "synthetic_train_size must be"),
+        (dict(data_augment="autoaugment"), 1, "config.data.augment='autoaugment' is unknown; use one of crop_flip"),
+        (dict(data_augment="trivial_augment"), 1, "'trivial_augment' is for the in-memory CIFAR-style sources"),
     ],
 )
 def test_invalid_configs_are_refused(overrides, process_count, match):
@@ -919,8 +1000,8 @@ def _assert_resumed_epoch_is_the_tail(source, epoch: int, first_step: int) -> No
             np.testing.assert_array_equal(a[key], b[key])
 
 
-@pytest.mark.parametrize("make", [_arrays_in_process, _synthetic_in_process, _shapes_in_process],
-                         ids=["arrays", "synthetic", "shapes"])
+@pytest.mark.parametrize("make", [_arrays_in_process, _npz_arrays_in_process, _synthetic_in_process,
+                                  _shapes_in_process], ids=["arrays", "npz", "synthetic", "shapes"])
 def test_an_epoch_resumed_at_a_step_gives_exactly_its_remaining_batches(make):
     source = make(1, 2)
     assert source.steps_per_epoch == 6

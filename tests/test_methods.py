@@ -60,15 +60,16 @@ def test_an_unknown_teacher_cams_choice_is_refused_naming_the_choices():
 
 
 def test_the_gradcam_config_trains_one_epoch(teacher_dir, tmp_path):
-    """configs/cifar10_cat_gradcam_res32x4_res32x4.py, on tiny synthetic CIFAR-10-sized data with the
-    session's resnet8 teacher (the config's own would be trained first, for hours)."""
+    """configs/cifar10_cat_gradcam_res32x4_res32x4.py with resnet8 networks (the session's teacher;
+    its own would be trained first, for hours) on tiny synthetic CIFAR-10-sized data: the config's
+    data set and CAT settings, not its architectures (the model tests cover those)."""
     config = config_files.load_config(REPO_ROOT / "configs" / "cifar10_cat_gradcam_res32x4_res32x4.py")
     assert (config.data.name, config.cat_kd.teacher_cams, config.cat_kd.ce_weight) == ("cifar10", "gradcam", 0.0)
     tiny = tiny_config()
     config = config_files.with_values(config, {
         "data.source": "synthetic", "data.synthetic_train_size": 64, "data.synthetic_test_size": 40,
         "batch_size": 16, "eval_batch_size": 16, "num_epochs": 1, "teacher.arch": tiny.teacher.arch,
-        "teacher.checkpoint": str(teacher_dir)})
+        "student.arch": tiny.student.arch, "teacher.checkpoint": str(teacher_dir)})
     training.train_and_evaluate(config, tmp_path)
     (record,) = read_metrics(tmp_path)
     assert "train_loss_ce" not in record and np.isfinite(record["train_loss_cat"]) and record["train_loss_cat"] > 0

@@ -145,7 +145,7 @@ def test_sweep_equals_single_runs_with_each_value_and_shares_the_teacher(teacher
 def test_shared_inputs_run_the_teacher_once(vectorize):
     """A sweep's compiled step costs the teacher's forward pass less than a seeds' step."""
     config = tiny_config(method="cat_kd")
-    student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet56", 10)
+    student, teacher = create_model("resnet8", 10, classifier_bias=False), create_model("resnet20", 10)
     teacher_variables = training.initialize(teacher, jax.random.key(0), (32, 32, 3))
     variables = training.initialize(student, jax.random.key(1), (32, 32, 3))
     state = training.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],

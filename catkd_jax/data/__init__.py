@@ -13,12 +13,15 @@ B is this process's share of the global batch size. One module per kind of sourc
   probing), read once into memory (never downloaded); imagenet2012 is streamed (`imagenet`).
 * 'folder' (`folders`): `DIR/train/<class>/*.jpg` and `DIR/test/<class>/*.jpg` (also png, bmp,
   gif), read into memory for CIFAR-style sets, streamed for imagenet2012 (`imagenet`).
+* 'npz' (`npz`): CIFAR-style arrays from one .npz file, batched and augmented by numpy alone,
+  for machines without TensorFlow.
 * 'synthetic' (`generated`): learnable random images from numpy alone, for smoke runs.
 * 'shapes' (`generated`): five classes of simple objects on textured backgrounds, each with its
   object's bounding box (batches add "box": int32 [B, 4]), to check CAMs against.
 
 Batching, reduction, determinism and the split between processes are `base.DataSource`'s;
-augmentation is `augment`'s. TensorFlow is imported only by the 'tfds' and 'folder' sources.
+augmentation is `augment`'s (and `trivial_augment`'s). TensorFlow is imported only by the 'tfds'
+and 'folder' sources.
 """
 
 from __future__ import annotations
@@ -33,25 +36,31 @@ from catkd_jax.data.cifar import ArraySource, load_tfds
 from catkd_jax.data.folders import list_image_folders, load_folder
 from catkd_jax.data.generated import SHAPES_CLASSES, ShapesSource, SyntheticSource
 from catkd_jax.data.imagenet import DEFAULT_SHUFFLE_BUFFER, FolderImageSource, TFDSImageSource
+from catkd_jax.data.npz import NumpyArraySource, load_npz, save_npz
 from catkd_jax.errors import ConfigError
 
 __all__ = [
     "DATASETS",
     "SHAPES_CLASSES",
+    "AUGMENTATIONS",
     "SOURCES",
     "ArraySource",
     "DataSource",
     "DatasetSpec",
     "FolderImageSource",
+    "NumpyArraySource",
     "ShapesSource",
     "SyntheticSource",
     "TFDSImageSource",
     "create_source",
     "reduce_training_set",
+    "save_npz",
 ]
 
 
-SOURCES = ("tfds", "folder", "synthetic", "shapes")
+SOURCES = ("tfds", "folder", "npz", "synthetic", "shapes")
+
+AUGMENTATIONS = ("crop_flip", "trivial_augment")
 
 
 
@@ -67,7 +76,8 @@ def create_source(
     `config.data`: `source` ('tfds' | 'folder' | 'synthetic' | 'shapes'), `name` ('cifar100' |
     'cifar10' | 'stl10' | 'imagenet2012': TFDS name, class count, normalisation, recipe; ignored by
     'shapes', which has its own five classes and normalisation), `dir`, `reserved_classes`,
-    `reserved_rate`, `synthetic_train_size`, `synthetic_test_size` (the split sizes of both
+    `reserved_rate`, `augment` ('crop_flip' | 'trivial_augment', the latter for the in-memory
+    sources only), `synthetic_train_size`, `synthetic_test_size` (the split sizes of both
     generated sources, 'synthetic' and 'shapes'), and for imagenet2012 from 'tfds' or 'folder'
     `image_size` (0 = 224) and `shuffle_buffer` ('tfds' only); a config without these last two
     gets their defaults.
@@ -83,6 +93,18 @@ def create_source(
     if data.source not in SOURCES:
         raise ConfigError(
             f"config.data.source={data.source!r} is unknown; use one of {', '.join(SOURCES)}"
+        )
+    augmentation = data.get("augment", "crop_flip")
+    if augmentation not in AUGMENTATIONS:
+        raise ConfigError(
+            f"config.data.augment={augmentation!r} is unknown; use one of {', '.join(AUGMENTATIONS)}"
+        )
+    streamed = data.name in DATASETS and DATASETS[data.name].streamed
+    if augmentation == "trivial_augment" and (data.source not in ("tfds", "folder", "npz") or streamed):
+        raise ConfigError(
+            f"config.data.augment='trivial_augment' is for the in-memory CIFAR-style sources "
+            f"(data.source 'tfds', 'folder' or 'npz', data.name not imagenet2012), not data.source={data.source!r} "
+            f"with data.name={data.name!r}; use data.augment='crop_flip' there"
         )
     batching = dict(
         batch_size=config.batch_size,
@@ -110,6 +132,8 @@ def create_source(
             **batching,
         )
     directory = os.path.expanduser(os.fspath(data.dir))
+    if data.source == "npz" and spec.streamed:
+        raise ConfigError("config.data.source='npz' holds CIFAR-style sets in memory, not imagenet2012")
     if spec.streamed:
         image_size = data.get("image_size", 0)
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or (
@@ -138,15 +162,19 @@ def create_source(
             **recipe,
             **batching,
         )
-    if data.source == "tfds":
+    if data.source == "npz":
+        arrays, classes = load_npz(directory)
+    elif data.source == "tfds":
         arrays, classes = load_tfds(spec.tfds_name, directory)
     else:
         arrays, classes = load_folder(directory)
-    return ArraySource(
+    in_memory_source = NumpyArraySource if data.source == "npz" else ArraySource
+    return in_memory_source(
         *arrays,
         num_classes=len(classes),
         mean=spec.mean,
         std=spec.std,
+        trivial_augment=augmentation == "trivial_augment",
         class_names=classes,
         **batching,
     )

@@ -5,7 +5,8 @@ random horizontal flip. ImageNet (torchvision's recipe): RandomResizedCrop to `i
 (area `CROP_SCALE` of the image's, aspect ratio `CROP_RATIO`, `CROP_ATTEMPTS` tries then a
 centre crop) and a horizontal flip; evaluation resizes the shorter side to
 `image_size * 256 / 224` and keeps the centre `image_size` square. Only the needed window of a
-JPEG is decoded. All of it is TensorFlow, run inside tf.data maps.
+JPEG is decoded. All of it is TensorFlow, run inside tf.data maps, except TrivialAugmentWide
+(`trivial_augment`), whose numpy ops (`catkd_jax.data.trivial_augment`) run in the map.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
+from catkd_jax.data import trivial_augment as trivial_augment_ops
 from catkd_jax.data.base import import_tensorflow
 
 
@@ -34,6 +38,25 @@ def padded_crop_and_flip(image: Any, seed: Any) -> Any:
     image = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
     image = tf.image.stateless_random_crop(image, shape, seed=seeds[0])
     return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+
+def trivial_augment(image: Any, seed: Any) -> Any:
+    """torchvision's TrivialAugmentWide of one uint8 image `[H, W, 3]`, as on a PIL image: one
+    op of 14 with one of 31 magnitudes (`catkd_jax.data.trivial_augment`); stateless from `seed`
+    `[2]`, through an independent stream of it (the crop and flip keep theirs)."""
+    tf = import_tensorflow()
+    stream = tf.random.experimental.stateless_fold_in(seed, _TRIVIAL_AUGMENT_STREAM)
+    augmented = tf.numpy_function(_trivial_augment_numpy, [image, stream], tf.uint8, stateful=False)
+    augmented.set_shape(image.shape)
+    return augmented
+
+
+_TRIVIAL_AUGMENT_STREAM = 2  # folded into an example's seed; 0 and 1 name nothing else
+
+
+def _trivial_augment_numpy(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed.astype(np.int64).view(np.uint64))
+    return trivial_augment_ops.trivial_augment(image, rng)
 
 
 def random_resized_crop_window(shape: Any, seed: Any) -> Any:

@@ -59,7 +59,7 @@ DATASETS = {
 }
 
 # Each random stream has its own number, so no two streams ever share a seed sequence.
-SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA = range(6)
+SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA, TRIVIAL_AUGMENT = range(7)
 
 
 def _first_time(seen: set[str]) -> Callable[[str], bool]:

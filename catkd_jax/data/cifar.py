@@ -1,8 +1,8 @@
 """CIFAR-style data sets held in memory, from TensorFlow Datasets (or, via `folders`, image folders).
 
 Training follows mdistiller's recipe: zero-pad 4 pixels, random 32x32 crop, random horizontal
-flip (`augment.padded_crop_and_flip`, seeded by each example's index), then
-`(x / 255 - mean) / std` per channel; test images are only normalised. TFDS data is read once
+flip (`augment.padded_crop_and_flip`, seeded by each example's index), optionally then
+TrivialAugmentWide (`augment.trivial_augment`), then `(x / 255 - mean) / std` per channel; test images are only normalised. TFDS data is read once
 into memory and never downloaded.
 """
 
@@ -18,6 +18,26 @@ from catkd_jax.data.base import DataSource, import_tensorflow
 from catkd_jax.errors import MissingInputError
 
 
+def check_arrays(
+    train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray
+) -> None:
+    """Raises ValueError unless the images are uint8 `[N, H, W, 3]` of one size, one label each."""
+    for name, images, labels in (
+        ("train", train_images, train_labels),
+        ("test", test_images, test_labels),
+    ):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"{name} images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} {name} images but {len(labels)} labels")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(
+            f"train images are {train_images.shape[1:]} but test images {test_images.shape[1:]}"
+        )
+
+
 class ArraySource(DataSource):
     """In-memory uint8 images, augmented and batched by tf.data.
 
@@ -25,6 +45,7 @@ class ArraySource(DataSource):
       train_images, test_images: uint8 `[N, H, W, 3]`, in data-set order.
       train_labels, test_labels: `[N]` integer labels.
       mean, std: per-channel normalisation constants on the [0, 1] pixel scale.
+      trivial_augment: after the crop and flip, apply TrivialAugmentWide (`augment.trivial_augment`).
       The other arguments as `DataSource`: global batch sizes, seed, class names, reduction,
       this process.
     """
@@ -39,22 +60,10 @@ class ArraySource(DataSource):
         num_classes: int,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        trivial_augment: bool = False,
         **batching: Any,
     ) -> None:
-        for name, images, labels in (
-            ("train", train_images, train_labels),
-            ("test", test_images, test_labels),
-        ):
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-                raise ValueError(
-                    f"{name} images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
-                )
-            if len(images) != len(labels):
-                raise ValueError(f"{len(images)} {name} images but {len(labels)} labels")
-        if train_images.shape[1:] != test_images.shape[1:]:
-            raise ValueError(
-                f"train images are {train_images.shape[1:]} but test images {test_images.shape[1:]}"
-            )
+        check_arrays(train_images, train_labels, test_images, test_labels)
         super().__init__(
             train_labels,
             test_labels,
@@ -63,6 +72,7 @@ class ArraySource(DataSource):
         )
         self.image_shape = tuple(train_images.shape[1:])
         self.mean, self.std = tuple(mean), tuple(std)
+        self._trivial_augment = trivial_augment
         tf = import_tensorflow()
         self._train_images = tf.constant(train_images)
         self._test_images = tf.constant(test_images)
@@ -79,7 +89,8 @@ class ArraySource(DataSource):
         def augmented(index: Any, label: Any) -> tuple[Any, Any]:
             # Seeded by the example's index, not its position: any process count gives the same.
             seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-            return augment.padded_crop_and_flip(tf.gather(self._train_images, index), seed), label
+            image = augment.padded_crop_and_flip(tf.gather(self._train_images, index), seed)
+            return (augment.trivial_augment(image, seed) if self._trivial_augment else image), label
 
         dataset = (
             tf.data.Dataset.from_tensor_slices((ids, self._train_labels[ids]))

@@ -1,0 +1,244 @@
+"""One prepared run of the measurements that matter on an accelerator, within a time budget.
+
+    python benchmarks/device_suite.py [--tiny] [--data FILE.npz] [--out FILE.json] [--budget-seconds 420]
+    python benchmarks/device_suite.py --prepare-data ../shared/data/cifar10-jpeg.tar.gz FILE.npz
+
+Measures, in this order, until the budget is spent (what is left is listed as skipped):
+1. Train-step throughput (images/s), compile seconds, XLA's FLOPs and device memory of the
+   step, achieved FLOP/s and its fraction of the device's peak (`PEAK_TFLOPS`), for the
+   pairs of `PAIRS`: batch 64 (the paper's) and `--large-batch`, float32 and bfloat16, the
+   teacher folded and not (`throughput.run`, synthetic on-device batches).
+2. Several runs in one program: 1 and 5 seeds vmapped against one run at a time.
+3. Real data (with --data, an .npz of `catkd_jax.data.npz`, read without TensorFlow): a vanilla
+   resnet8 trained twice for `--real-data-epochs`: the loss falls, test accuracy is above
+   chance, and the two runs are bit-identical.
+Prints one table per part and writes everything to --out as JSON. --tiny runs every part at
+toy sizes (CPU, tests). --prepare-data writes the .npz from a CIFAR-10 image folder or its
+.tar.gz (TensorFlow decodes it, on a machine that has it): the first `--train-size` and
+`--test-size` images, class-balanced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import tarfile
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import throughput  # the sibling script: python puts this directory first on the path
+
+from catkd_jax import checkpoints, config_files, default_config, training
+from catkd_jax.console import format_table
+from catkd_jax.data import reduce_training_set, save_npz
+
+# Dense peak TFLOP/s per chip by device kind and dtype; float32 convolutions and matmuls run
+# as TF32 on these GPUs under JAX's default precision.
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.4, "float32": 494.7},
+    "H100": {"bfloat16": 989.4, "float32": 494.7},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+}
+
+PARTS = ("throughput", "runs", "real_data")
+
+PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "ShuffleV1"))
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    """The peak of `PEAK_TFLOPS` for a device kind ("NVIDIA H200"), None if unknown (CPUs)."""
+    for name, peaks in PEAK_TFLOPS.items():
+        if name in device_kind:
+            return peaks[dtype]
+    return None
+
+
+class Budget:
+    """Wall-clock seconds left to the suite; each measurement starts only while some remain."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def _measure(budget: Budget, skipped: list[str], name: str, measure: Callable[[], dict]) -> dict | None:
+    if budget.left() <= 0:
+        skipped.append(name)
+        return None
+    started = time.monotonic()
+    result = measure()
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool, args: argparse.Namespace,
+                runs: int = 1, vectorize: str = "auto") -> dict:
+    flags = [f"--teacher={teacher}", f"--student={student}", "--method=cat_kd", f"--batch-size={batch}",
+             f"--dtype={dtype}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--runs={runs}",
+             f"--vectorize={vectorize}"]
+    result = throughput.run(throughput.parse_args(flags + ([] if folded else ["--no-fold-batch-norm"])))
+    steps_per_second = result["train_images_per_sec"] / (batch * runs)
+    flops = result["train_step_flops"]
+    result["achieved_tflops"] = flops * steps_per_second / 1e12 if flops else None
+    peak = peak_tflops(jax.devices()[0].device_kind, dtype)
+    result["fraction_of_peak"] = result["achieved_tflops"] / peak if peak and flops else None
+    return result
+
+
+def throughput_settings(args: argparse.Namespace) -> list[tuple[str, str, int, str, bool]]:
+    """`(teacher, student, batch, dtype, folded)` of part 1, most informative first; --tiny
+    varies each of batch, dtype and folding once."""
+    if args.tiny:
+        return [("resnet8", "resnet8", 8, "float32", True), ("resnet8", "resnet8", args.large_batch, "bfloat16", True),
+                ("resnet8", "resnet8", 8, "float32", False)]
+    pairs, settings = PAIRS, []
+    for teacher, student in pairs:
+        settings += [(teacher, student, 64, dtype, True) for dtype in ("float32", "bfloat16")]
+    for teacher, student in pairs:
+        settings += [(teacher, student, args.large_batch, dtype, True) for dtype in ("bfloat16", "float32")]
+    for teacher, student in pairs:
+        settings += [(teacher, student, 64, dtype, False) for dtype in ("float32", "bfloat16")]
+    return settings
+
+
+def real_data(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
+    """Two identical trainings of a vanilla resnet8 on the .npz: loss, accuracy, bit-equality."""
+    config = default_config.get_config()
+    changes = {"method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
+               "data.name": "cifar10", "data.source": "npz", "data.dir": str(args.data),
+               "batch_size": 64 if not args.tiny else 8, "eval_batch_size": 100 if not args.tiny else 8,
+               "num_epochs": args.real_data_epochs, "optim.lr": 0.05, "optim.decay_epochs": (),
+               "checkpoint.every_epochs": args.real_data_epochs}
+    config = config_files.with_values(config, changes)
+    summaries, metrics = [], []
+    for attempt in (1, 2):
+        summaries.append(training.train_and_evaluate(config, workdir / f"run{attempt}"))
+        metrics.append([json.loads(line) for line in (workdir / f"run{attempt}" / "metrics.jsonl").read_text().splitlines()])
+    (first, meta), (second, _) = (checkpoints.load_variables(workdir / f"run{attempt}") for attempt in (1, 2))
+    identical = all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, first, second)))
+    timeless = [[{k: v for k, v in record.items() if k != "epoch_seconds"} for record in run] for run in metrics]
+    return {"epochs": args.real_data_epochs, "steps": meta["step"],
+            "train_loss_by_epoch": [record["train_loss"] for record in metrics[0]],
+            "test_acc_by_epoch": [record["test_acc"] for record in metrics[0]],
+            "best_test_acc": summaries[0]["best_test_acc"], "chance_acc": 10.0,
+            "bit_identical": identical and timeless[0] == timeless[1],
+            "epoch_seconds": [record["epoch_seconds"] for record in metrics[0]]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    budget = Budget(args.budget_seconds)
+    skipped: list[str] = []
+    device = jax.devices()[0]
+    result: dict[str, Any] = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
+                              "jax": jax.__version__, "tiny": args.tiny, "throughput": [], "runs": [], "skipped": skipped}
+    for teacher, student, batch, dtype, folded in throughput_settings(args) if "throughput" in args.parts else ():
+        name = f"{teacher}->{student} batch {batch} {dtype} {'folded' if folded else 'unfolded'}"
+        measured = _measure(budget, skipped, name, lambda: _throughput(teacher, student, batch, dtype, folded, args))
+        if measured:
+            result["throughput"].append(measured)
+    teacher, student = ("resnet8", "resnet8") if args.tiny else PAIRS[0]
+    batch = 8 if args.tiny else 64
+    seeds = 2 if args.tiny else 5
+    for runs, vectorize in ((1, "unroll"), (seeds, "vmap")) if "runs" in args.parts else ():
+        name = f"{teacher}->{student} {runs} runs {vectorize}"
+        measured = _measure(budget, skipped, name,
+                            lambda: _throughput(teacher, student, batch, "float32", True, args, runs, vectorize))
+        if measured:
+            result["runs"].append(measured)
+    if args.data and "real_data" in args.parts:
+        with tempfile.TemporaryDirectory() as workdir:
+            result["real_data"] = _measure(budget, skipped, "real data", lambda: real_data(args, pathlib.Path(workdir)))
+    return result
+
+
+def tables(result: dict) -> str:
+    """The result as text tables: throughput, runs, real data."""
+    header = ["teacher -> student", "batch", "dtype", "teacher", "train img/s", "compile s", "TFLOP/s", "of peak",
+              "step MiB"]
+    rows = [[f"{r['teacher']} -> {r['student']}", r["batch_size"], r["dtype"],
+             "folded" if r["teacher_batch_norm_folded"] else "unfolded", f"{r['train_images_per_sec']:.0f}",
+             f"{r['compile_seconds']:.1f}", _optional(r["achieved_tflops"], "{:.1f}"),
+             _optional(r["fraction_of_peak"], "{:.1%}"), _optional(r["train_step_memory_mib"], "{:.0f}")]
+            for r in result["throughput"]]
+    parts = [f"{result['device']} ({result['backend']}, jax {result['jax']})", format_table(header, rows)]
+    if result["runs"]:
+        single = result["runs"][0]["train_images_per_sec"]
+        rows = [[r["runs"], "vmap" if r["vectorized"] else "one program, unrolled", f"{r['train_images_per_sec']:.0f}",
+                 f"{r['train_images_per_sec'] / single:.2f}"] for r in result["runs"]]
+        parts.append(format_table(["runs", "how", "img/s (all students)", "x one run"], rows))
+    if result.get("real_data"):
+        data = result["real_data"]
+        parts.append(
+            f"real data: train loss by epoch {', '.join(f'{x:.3f}' for x in data['train_loss_by_epoch'])}; "
+            f"best test accuracy {data['best_test_acc']:.2f}% (chance {data['chance_acc']:.0f}%); "
+            f"two runs bit-identical: {data['bit_identical']}")
+    if result["skipped"]:
+        parts.append("skipped (budget spent): " + "; ".join(result["skipped"]))
+    return "\n\n".join(parts)
+
+
+def _optional(value: float | None, template: str) -> str:
+    return "-" if value is None else template.format(value)
+
+
+def prepare_data(source: pathlib.Path, out: pathlib.Path, train_size: int, test_size: int) -> dict:
+    """Writes the first class-balanced `train_size` / `test_size` images of a CIFAR-10 folder
+    (or its .tar.gz) to `out` (an .npz of `catkd_jax.data.npz`)."""
+    from catkd_jax.data.folders import load_folder  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as extracted:
+        root = source
+        if source.is_file():
+            with tarfile.open(source) as archive:
+                archive.extractall(extracted, filter="data")
+            (root,) = [path for path in pathlib.Path(extracted).iterdir() if path.is_dir()]
+        (train_images, train_labels, test_images, test_labels), classes = load_folder(str(root))
+    arrays = []
+    for images, labels, size in ((train_images, train_labels, train_size), (test_images, test_labels, test_size)):
+        kept = reduce_training_set(labels, len(classes), reserved_rate=min(1.0, size / len(labels)))
+        arrays += [images[kept], np.asarray(labels)[kept]]
+    save_npz(out, arrays, classes)
+    return {"train": len(arrays[1]), "test": len(arrays[3]), "classes": classes, "mib": out.stat().st_size / 2**20}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: every part in seconds on a CPU")
+    parser.add_argument("--data", type=pathlib.Path, help="an .npz for part 3 (see --prepare-data)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("device_suite.json"))
+    parser.add_argument("--budget-seconds", type=float, default=420.0, help="no measurement starts after this")
+    parser.add_argument("--parts", type=lambda text: text.split(","), default=list(PARTS),
+                        help=f"comma-separated parts to run, of {','.join(PARTS)}")
+    parser.add_argument("--large-batch", type=int, default=None, help="part 1's large batch (default 1024; 16 tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; 2 tiny)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--real-data-epochs", type=int, default=None, help="default 2; 1 tiny")
+    parser.add_argument("--prepare-data", nargs=2, type=pathlib.Path, metavar=("SOURCE", "OUT"))
+    parser.add_argument("--train-size", type=int, default=10_000, help="--prepare-data: training images kept")
+    parser.add_argument("--test-size", type=int, default=2_000, help="--prepare-data: test images kept")
+    args = parser.parse_args(argv)
+    args.large_batch = args.large_batch or (16 if args.tiny else 1024)
+    args.steps = args.steps or (2 if args.tiny else 20)
+    args.real_data_epochs = args.real_data_epochs or (1 if args.tiny else 2)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.prepare_data:
+        print(json.dumps(prepare_data(*args.prepare_data, args.train_size, args.test_size)))
+        return
+    result = run(args)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(tables(result))
+
+
+if __name__ == "__main__":
+    main()
