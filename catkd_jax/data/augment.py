@@ -28,6 +28,10 @@ CROP_RATIO = (3 / 4, 4 / 3)  # range of its aspect ratio (width / height), sampl
 CROP_ATTEMPTS = 10  # tries at a crop that fits, before the centre-crop fallback
 EVAL_RESIZE = (256, 224)  # eval: shorter side to image_size * 256 // 224, centre image_size crop
 
+# Folded into an example's seed for TrivialAugment's draws, a stream apart from the two seeds
+# that `stateless_split` makes of it for the crop and the flip.
+_TRIVIAL_AUGMENT_STREAM = 2
+
 
 def padded_crop_and_flip(image: Any, seed: Any) -> Any:
     """mdistiller's CIFAR augmentation of one image `[H, W, 3]`: zero-pad `PAD` pixels, take a
@@ -49,9 +53,6 @@ def trivial_augment(image: Any, seed: Any) -> Any:
     augmented = tf.numpy_function(_trivial_augment_numpy, [image, stream], tf.uint8, stateful=False)
     augmented.set_shape(image.shape)
     return augmented
-
-
-_TRIVIAL_AUGMENT_STREAM = 2  # folded into an example's seed; 0 and 1 name nothing else
 
 
 def _trivial_augment_numpy(image: np.ndarray, seed: np.ndarray) -> np.ndarray:

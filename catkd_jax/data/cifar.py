@@ -2,8 +2,8 @@
 
 Training follows mdistiller's recipe: zero-pad 4 pixels, random 32x32 crop, random horizontal
 flip (`augment.padded_crop_and_flip`, seeded by each example's index), optionally then
-TrivialAugmentWide (`augment.trivial_augment`), then `(x / 255 - mean) / std` per channel; test images are only normalised. TFDS data is read once
-into memory and never downloaded.
+TrivialAugmentWide (`augment.trivial_augment`), then `(x / 255 - mean) / std` per channel;
+test images are only normalised. TFDS data is read once into memory and never downloaded.
 """
 
 from __future__ import annotations
