@@ -167,7 +167,11 @@ def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher_dir, c
     with _Job(tmp_path / "logs") as job:
         _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000), compilation_cache)
         end = time.monotonic() + DEADLINE
-        while "epoch 1:" not in job.output(0, "out"):  # both are past start-up and compilation
+        # Mid-epoch 2: both processes are past start-up, compilation and epoch 1's checkpoint, and
+        # the next operation across them is a training step's collective, which notices a lost
+        # process at once. (A checkpoint's barriers notice only when the coordination service's
+        # heartbeat times out, after 100 s.)
+        while "epoch 2/1000 step 2/" not in job.output(0, "out"):
             assert time.monotonic() < end and job.processes[0].poll() is None, job.output(0)[-3000:]
             time.sleep(0.2)
         job.processes[1].send_signal(signal.SIGKILL)
