@@ -5,7 +5,8 @@
 
 Measures, in this order, until the budget is spent (what is left is listed as skipped):
 1. Train-step throughput (images/s), compile seconds, XLA's FLOPs and device memory of the
-   step, achieved FLOP/s and its fraction of the device's peak (`PEAK_TFLOPS`), for the
+   step (and the allocator's peak so far, where the device reports one), achieved FLOP/s and
+   its fraction of the device's peak (`PEAK_TFLOPS`), for the
    pairs of `PAIRS`: batch 64 (the paper's) and `--large-batch`, float32 and bfloat16, the
    teacher folded and not (`throughput.run`, synthetic on-device batches).
 2. Several runs in one program: 1 and 5 seeds vmapped against one run at a time.
@@ -89,6 +90,11 @@ def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool
     result["achieved_tflops"] = flops * steps_per_second / 1e12 if flops else None
     peak = peak_tflops(jax.devices()[0].device_kind, dtype)
     result["fraction_of_peak"] = result["achieved_tflops"] / peak if peak and flops else None
+    # The allocator's high-water mark so far in this process (GPUs report it; CPUs give None):
+    # an upper bound on this configuration's use, beside XLA's estimate of the step alone.
+    stats = jax.devices()[0].memory_stats() or {}
+    peak_bytes = stats.get("peak_bytes_in_use")
+    result["process_peak_device_mib"] = peak_bytes / 2**20 if peak_bytes is not None else None
     return result
 
 

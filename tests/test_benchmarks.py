@@ -106,6 +106,7 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
         steps_per_second = r["train_images_per_sec"] / (r["batch_size"] * r["runs"])
         assert r["achieved_tflops"] == pytest.approx(r["train_step_flops"] * steps_per_second / 1e12)
         assert r["fraction_of_peak"] is None  # a CPU's peak is not in the table
+        assert r["process_peak_device_mib"] is None  # nor does a CPU report its allocator's peak
     assert [(r["runs"], r["vectorized"]) for r in result["runs"]] == [(1, False), (2, True)]
     # Two runs of the same step compile to more work than one: XLA's FLOPs double with the runs.
     assert result["runs"][1]["train_step_flops"] == pytest.approx(2 * result["runs"][0]["train_step_flops"], rel=0.01)
