@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from catkd_jax import runs
 from catkd_jax.data import save_npz
 from conftest import REPO_ROOT
 
@@ -123,3 +124,22 @@ def test_device_suite_finds_a_peak_by_device_kind(monkeypatch):
     assert script.peak_tflops("NVIDIA H200", "bfloat16") == 989.4
     assert script.peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 156.0
     assert script.peak_tflops("cpu", "float32") is None
+
+
+def test_every_paper_table_names_loadable_configs_teachers_and_the_papers_cells():
+    script = _script("paper_tables")
+    text = script._read_paper_tables()
+    for table, (number, programs) in script.TABLES.items():
+        _, paper = script.paper_numbers(text, number)
+        cells = {cell for program in programs for filled in program.cells.values() for cell in filled}
+        assert cells <= set(paper), (table, sorted(cells - set(paper)))
+        assert len(cells) == (6 if table in ("A4", "A5") else len(paper)), table  # A.4/A.5: half each
+        for program in programs:
+            config = script._config(program.config_file, dict(program.changes, **{"runs.sweep": program.sweep}), "full")
+            plan = runs.plan_runs(config)  # a sweep that parses, over values the cells name
+            assert set(program.cells) == set(plan.values() if plan.field else [None]), (table, program.name)
+            if program.teacher is not None:
+                assert config.teacher.arch == program.teacher, (table, program.name)
+                assert (REPO_ROOT / "configs" / f"cifar100_teacher_{program.teacher}.py").is_file(), program.teacher
+            else:
+                assert config.method == "vanilla", (table, program.name)
