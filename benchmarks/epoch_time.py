@@ -61,18 +61,12 @@ def _methods(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="resnet32x4")
-    parser.add_argument("--student", default="resnet8x4")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[throughput.measurement_arguments()])
     parser.add_argument("--methods", type=_methods, default=["vanilla", "kd", "dkd", "cat_kd"],
                         help="comma-separated methods, e.g. vanilla,kd,dkd,cat_kd")
     parser.add_argument("--train-size", type=int, default=50_000, help="training images per epoch (CIFAR-100's)")
     parser.add_argument("--test-size", type=int, default=10_000, help="test images evaluated per epoch")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
 

@@ -145,15 +145,24 @@ def _memory_mib(compiled: jax.stages.Compiled) -> float | None:
     return total / 2**20
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measurement_arguments() -> argparse.ArgumentParser:
+    """The options of a measured train step that the benchmarks built on this one share (an
+    argparse parent): the pair, batch, timed and untimed steps, dtype, --json."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--method", default="cat_kd", choices=sorted(methods.METHODS))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[measurement_arguments()])
+    parser.add_argument("--method", default="cat_kd", choices=sorted(methods.METHODS))
     parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
                         help="run the teacher's BatchNorms unfolded")
     parser.add_argument("--runs", type=int, default=1, help="students trained in one program (catkd_jax.runs)")
@@ -162,7 +171,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "here); otherwise each has its own, as with seeds")
     parser.add_argument("--vectorize", default="auto", choices=["auto", "vmap", "unroll"],
                         help="with --runs: config.runs.vectorize")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
 

@@ -38,14 +38,17 @@ def check_arrays(
         )
 
 
-class ArraySource(DataSource):
-    """In-memory uint8 images, augmented and batched by tf.data.
+class InMemorySource(DataSource):
+    """What the in-memory sources share: uint8 images of both splits, checked, kept as given.
+
+    Subclasses batch and augment them (`ArraySource` with tf.data, `npz.NumpyArraySource` with
+    numpy).
 
     Args:
       train_images, test_images: uint8 `[N, H, W, 3]`, in data-set order.
       train_labels, test_labels: `[N]` integer labels.
       mean, std: per-channel normalisation constants on the [0, 1] pixel scale.
-      trivial_augment: after the crop and flip, apply TrivialAugmentWide (`augment.trivial_augment`).
+      trivial_augment: after the crop and flip, apply TrivialAugmentWide.
       The other arguments as `DataSource`: global batch sizes, seed, class names, reduction,
       this process.
     """
@@ -64,18 +67,22 @@ class ArraySource(DataSource):
         **batching: Any,
     ) -> None:
         check_arrays(train_images, train_labels, test_images, test_labels)
-        super().__init__(
-            train_labels,
-            test_labels,
-            num_classes=num_classes,
-            **batching,
-        )
+        super().__init__(train_labels, test_labels, num_classes=num_classes, **batching)
         self.image_shape = tuple(train_images.shape[1:])
         self.mean, self.std = tuple(mean), tuple(std)
         self._trivial_augment = trivial_augment
+        self._train_images, self._test_images = train_images, test_images
+
+
+class ArraySource(InMemorySource):
+    """In-memory uint8 images, augmented (`augment.padded_crop_and_flip`, then
+    `augment.trivial_augment` if asked) and batched by tf.data; arguments as `InMemorySource`."""
+
+    def __init__(self, *arrays: np.ndarray, **settings: Any) -> None:
+        super().__init__(*arrays, **settings)
         tf = import_tensorflow()
-        self._train_images = tf.constant(train_images)
-        self._test_images = tf.constant(test_images)
+        self._train_images = tf.constant(self._train_images)
+        self._test_images = tf.constant(self._test_images)
 
     def _normalize(self, images: Any) -> Any:
         tf = import_tensorflow()

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 
 from catkd_jax.data import trivial_augment
 from catkd_jax.data.augment import PAD
-from catkd_jax.data.base import AUGMENT, TRIVIAL_AUGMENT, DataSource, seed_sequence
-from catkd_jax.data.cifar import check_arrays
+from catkd_jax.data.base import AUGMENT, TRIVIAL_AUGMENT, seed_sequence
+from catkd_jax.data.cifar import InMemorySource, check_arrays
 from catkd_jax.errors import InputError, MissingInputError
 
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -52,37 +51,8 @@ def load_npz(path: str | os.PathLike) -> tuple[tuple[np.ndarray, ...], list[str]
     return arrays, class_names
 
 
-class NumpyArraySource(DataSource):
-    """In-memory uint8 images, augmented and batched by numpy.
-
-    Args:
-      train_images, test_images: uint8 `[N, H, W, 3]`, in data-set order.
-      train_labels, test_labels: `[N]` integer labels.
-      mean, std: per-channel normalisation constants on the [0, 1] pixel scale.
-      trivial_augment: after the crop and flip, apply TrivialAugmentWide.
-      The other arguments as `DataSource`: global batch sizes, seed, class names, reduction,
-      this process.
-    """
-
-    def __init__(
-        self,
-        train_images: np.ndarray,
-        train_labels: np.ndarray,
-        test_images: np.ndarray,
-        test_labels: np.ndarray,
-        *,
-        num_classes: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        trivial_augment: bool = False,
-        **batching: Any,
-    ) -> None:
-        check_arrays(train_images, train_labels, test_images, test_labels)
-        super().__init__(train_labels, test_labels, num_classes=num_classes, **batching)
-        self.image_shape = tuple(train_images.shape[1:])
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._trivial_augment = trivial_augment
-        self._train_images, self._test_images = train_images, test_images
+class NumpyArraySource(InMemorySource):
+    """In-memory uint8 images, augmented and batched by numpy; arguments as `InMemorySource`."""
 
     def _normalize(self, images: np.ndarray) -> np.ndarray:
         # float32 throughout, as the tf.data path computes it: the same eval batches, bit for bit.
