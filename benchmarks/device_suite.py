@@ -3,17 +3,24 @@
     python benchmarks/device_suite.py [--tiny] [--data FILE.npz] [--out FILE.json] [--budget-seconds 420]
     python benchmarks/device_suite.py --prepare-data ../shared/data/cifar10-jpeg.tar.gz FILE.npz
 
-Measures, in this order, until the budget is spent (what is left is listed as skipped):
-1. Train-step throughput (images/s), compile seconds, XLA's FLOPs and device memory of the
-   step (and the allocator's peak so far, where the device reports one), achieved FLOP/s and
-   its fraction of the device's peak (`PEAK_TFLOPS`), for the
-   pairs of `PAIRS`: batch 64 (the paper's) and `--large-batch`, float32 and bfloat16, the
-   teacher folded and not (`throughput.run`, synthetic on-device batches).
-2. Several runs in one program: 1 and 5 seeds vmapped against one run at a time.
-3. Real data (with --data, an .npz of `catkd_jax.data.npz`, read without TensorFlow): a vanilla
+Parts (`--parts`, default all):
+1. throughput: train-step throughput (images/s), compile seconds, XLA's FLOPs and device memory
+   of the step (and the allocator's peak so far, where the device reports one), achieved FLOP/s
+   and its fraction of the device's peak (`PEAK_TFLOPS`), for the pairs of `PAIRS`: batch 64
+   (the paper's) and `--large-batch`, float32 and bfloat16, the teacher folded and not
+   (`throughput.run`, synthetic on-device batches).
+2. reference (with --reference-code, the folder holding the original code's `mdistiller`): the
+   original PyTorch step of the same pairs at batch 64 (`reference_step.py`, in a subprocess),
+   beside part 1's figures.
+3. runs: several runs in one program: 1 and 5 seeds vmapped against one run at a time.
+4. real_data (with --data, an .npz of `catkd_jax.data.npz`, read without TensorFlow): a vanilla
    resnet8 trained twice for `--real-data-epochs`: the loss falls, test accuracy is above
    chance, and the two runs are bit-identical.
-Prints one table per part and writes everything to --out as JSON. --tiny runs every part at
+Within the budget, each part's essentials come first (part 1 at batch 64 with the teacher
+folded, then parts 2-4), then the rest of part 1; a measurement starts only while the budget
+lasts (what is left is listed as skipped), and one that fails is listed with its error while
+the others go on. --out is rewritten after every measurement, so a run that is stopped keeps
+what it measured. Prints one table per part. --tiny runs every part at
 toy sizes (CPU, tests). --prepare-data writes the .npz from a CIFAR-10 image folder or its
 .tar.gz (TensorFlow decodes it, on a machine that has it): the first `--train-size` and
 `--test-size` images, class-balanced.
@@ -22,8 +29,11 @@ toy sizes (CPU, tests). --prepare-data writes the .npz from a CIFAR-10 image fol
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -46,7 +56,11 @@ PEAK_TFLOPS = {
     "A100": {"bfloat16": 312.0, "float32": 156.0},
 }
 
-PARTS = ("throughput", "runs", "real_data")
+PARTS = ("throughput", "reference", "runs", "real_data")
+
+# The original code's step measured in a subprocess: importing torch, cuDNN's autotuning and three
+# pairs of 2 x --steps eager steps take well under a minute on a GPU.
+REFERENCE_TIMEOUT_SECONDS = 300
 
 PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "ShuffleV1"))
 
@@ -59,24 +73,33 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-class Budget:
-    """Wall-clock seconds left to the suite; each measurement starts only while some remain."""
+class Recorder:
+    """Runs the suite's measurements while its budget of wall-clock seconds lasts, and keeps what
+    each gave (or that it was skipped, or its error) in `result`, written to `out` after each."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, result: dict, seconds: float, out: pathlib.Path):
+        self.result, self.out = result, out
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-
-def _measure(budget: Budget, skipped: list[str], name: str, measure: Callable[[], dict]) -> dict | None:
-    if budget.left() <= 0:
-        skipped.append(name)
-        return None
-    started = time.monotonic()
-    result = measure()
-    result["seconds"] = time.monotonic() - started
-    return result
+    def measure(self, name: str, measure: Callable[[], Any], keep: Callable[[Any], None]) -> None:
+        if self.left() <= 0:
+            self.result["skipped"].append(name)
+        else:
+            started = time.monotonic()
+            try:
+                measured = measure()
+            # A lent device runs the suite once: a configuration that fails must not cost the others.
+            except Exception as error:  # pylint: disable=broad-exception-caught
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                self.result["errors"].append(f"{name}: {type(error).__name__}: {first_line}")
+            else:
+                if isinstance(measured, dict):
+                    measured["seconds"] = time.monotonic() - started
+                keep(measured)
+        self.out.write_text(json.dumps(self.result, indent=1))
 
 
 def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool, args: argparse.Namespace,
@@ -98,20 +121,31 @@ def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool
     return result
 
 
-def throughput_settings(args: argparse.Namespace) -> list[tuple[str, str, int, str, bool]]:
-    """`(teacher, student, batch, dtype, folded)` of part 1, most informative first; --tiny
-    varies each of batch, dtype and folding once."""
+def throughput_settings(args: argparse.Namespace) -> tuple[list, list]:
+    """`(teacher, student, batch, dtype, folded)` of part 1: the essentials (batch 64, the teacher
+    folded), then the rest; --tiny varies each of batch, dtype and folding once."""
     if args.tiny:
-        return [("resnet8", "resnet8", 8, "float32", True), ("resnet8", "resnet8", args.large_batch, "bfloat16", True),
-                ("resnet8", "resnet8", 8, "float32", False)]
-    pairs, settings = PAIRS, []
-    for teacher, student in pairs:
-        settings += [(teacher, student, 64, dtype, True) for dtype in ("float32", "bfloat16")]
-    for teacher, student in pairs:
-        settings += [(teacher, student, args.large_batch, dtype, True) for dtype in ("bfloat16", "float32")]
-    for teacher, student in pairs:
-        settings += [(teacher, student, 64, dtype, False) for dtype in ("float32", "bfloat16")]
-    return settings
+        return [("resnet8", "resnet8", 8, "float32", True)], [
+            ("resnet8", "resnet8", args.large_batch, "bfloat16", True), ("resnet8", "resnet8", 8, "float32", False)]
+    essentials = [(teacher, student, 64, dtype, True) for teacher, student in PAIRS for dtype in ("float32", "bfloat16")]
+    rest = [(teacher, student, args.large_batch, dtype, True) for teacher, student in PAIRS
+            for dtype in ("bfloat16", "float32")]
+    rest += [(teacher, student, 64, dtype, False) for teacher, student in PAIRS for dtype in ("float32", "bfloat16")]
+    return essentials, rest
+
+
+def reference(args: argparse.Namespace) -> list[dict]:
+    """The original PyTorch step of part 1's pairs at batch 64 (`reference_step.py`), in a
+    process of its own: torch and JAX do not share this one's device memory or failures."""
+    pairs = [("resnet20", "resnet20")] if args.tiny else PAIRS  # the original has no CAM-head resnet8
+    command = [sys.executable, str(pathlib.Path(__file__).with_name("reference_step.py")),
+               f"--code={args.reference_code}", "--pairs=" + ",".join(f"{t}:{s}" for t, s in pairs),
+               f"--batch-size={8 if args.tiny else 64}", f"--steps={args.steps}", "--json"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_SECONDS, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"reference_step.py exited with {completed.returncode}: "
+                           + " | ".join(completed.stderr.strip().splitlines()[-3:]))
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def real_data(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
@@ -139,41 +173,57 @@ def real_data(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    budget = Budget(args.budget_seconds)
-    skipped: list[str] = []
     device = jax.devices()[0]
     result: dict[str, Any] = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
-                              "jax": jax.__version__, "tiny": args.tiny, "throughput": [], "runs": [], "skipped": skipped}
-    for teacher, student, batch, dtype, folded in throughput_settings(args) if "throughput" in args.parts else ():
-        name = f"{teacher}->{student} batch {batch} {dtype} {'folded' if folded else 'unfolded'}"
-        measured = _measure(budget, skipped, name, lambda: _throughput(teacher, student, batch, dtype, folded, args))
-        if measured:
-            result["throughput"].append(measured)
+                              "jax": jax.__version__, "tiny": args.tiny, "throughput": [], "reference": [],
+                              "runs": [], "skipped": [], "errors": []}
+    recorder = Recorder(result, args.budget_seconds, args.out)
+
+    def throughput_part(settings: list) -> None:
+        for teacher, student, batch, dtype, folded in settings if "throughput" in args.parts else ():
+            recorder.measure(f"{teacher}->{student} batch {batch} {dtype} {'folded' if folded else 'unfolded'}",
+                             functools.partial(_throughput, teacher, student, batch, dtype, folded, args),
+                             result["throughput"].append)
+
+    essentials, rest = throughput_settings(args)
+    throughput_part(essentials)
+    if args.reference_code and "reference" in args.parts:
+        recorder.measure("reference", functools.partial(reference, args), result["reference"].extend)
     teacher, student = ("resnet8", "resnet8") if args.tiny else PAIRS[0]
     batch = 8 if args.tiny else 64
     seeds = 2 if args.tiny else 5
     for runs, vectorize in ((1, "unroll"), (seeds, "vmap")) if "runs" in args.parts else ():
-        name = f"{teacher}->{student} {runs} runs {vectorize}"
-        measured = _measure(budget, skipped, name,
-                            lambda: _throughput(teacher, student, batch, "float32", True, args, runs, vectorize))
-        if measured:
-            result["runs"].append(measured)
+        recorder.measure(f"{teacher}->{student} {runs} runs {vectorize}",
+                         functools.partial(_throughput, teacher, student, batch, "float32", True, args, runs, vectorize),
+                         result["runs"].append)
     if args.data and "real_data" in args.parts:
         with tempfile.TemporaryDirectory() as workdir:
-            result["real_data"] = _measure(budget, skipped, "real data", lambda: real_data(args, pathlib.Path(workdir)))
+            recorder.measure("real data", functools.partial(real_data, args, pathlib.Path(workdir)),
+                             functools.partial(result.__setitem__, "real_data"))
+    throughput_part(rest)
     return result
 
 
 def tables(result: dict) -> str:
-    """The result as text tables: throughput, runs, real data."""
-    header = ["teacher -> student", "batch", "dtype", "teacher", "train img/s", "compile s", "TFLOP/s", "of peak",
-              "step MiB"]
+    """The result as text tables: throughput (beside the original code's, where measured), runs,
+    real data."""
+    original = {(r["teacher"], r["student"], r["batch_size"]): r["trainer_images_per_sec"] for r in result["reference"]}
+    header = ["teacher -> student", "batch", "dtype", "teacher", "train img/s", "x original", "compile s", "TFLOP/s",
+              "of peak", "step MiB"]
     rows = [[f"{r['teacher']} -> {r['student']}", r["batch_size"], r["dtype"],
              "folded" if r["teacher_batch_norm_folded"] else "unfolded", f"{r['train_images_per_sec']:.0f}",
+             _optional(_ratio(r["train_images_per_sec"], original.get((r["teacher"], r["student"], r["batch_size"]))),
+                       "{:.2f}"),
              f"{r['compile_seconds']:.1f}", _optional(r["achieved_tflops"], "{:.1f}"),
              _optional(r["fraction_of_peak"], "{:.1%}"), _optional(r["train_step_memory_mib"], "{:.0f}")]
             for r in result["throughput"]]
-    parts = [f"{result['device']} ({result['backend']}, jax {result['jax']})", format_table(header, rows)]
+    parts = [f"{result['device']} ({result['backend']}, jax {result['jax']})"] + ([format_table(header, rows)] if rows else [])
+    if result["reference"]:
+        rows = [[f"{r['teacher']} -> {r['student']}", r["batch_size"], r["device"], f"{r['trainer_images_per_sec']:.0f}",
+                 f"{r['step_images_per_sec']:.0f}", _optional(r["peak_device_mib"], "{:.0f}")] for r in result["reference"]]
+        parts.append("the original PyTorch code (float32; x original above divides by its trainer's rate):\n"
+                     + format_table(["teacher -> student", "batch", "device", "trainer img/s", "step img/s",
+                                     "peak MiB"], rows))
     if result["runs"]:
         single = result["runs"][0]["train_images_per_sec"]
         rows = [[r["runs"], "vmap" if r["vectorized"] else "one program, unrolled", f"{r['train_images_per_sec']:.0f}",
@@ -187,7 +237,13 @@ def tables(result: dict) -> str:
             f"two runs bit-identical: {data['bit_identical']}")
     if result["skipped"]:
         parts.append("skipped (budget spent): " + "; ".join(result["skipped"]))
+    if result["errors"]:
+        parts.append("failed:\n" + "\n".join(result["errors"]))
     return "\n\n".join(parts)
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return None if reference is None else value / reference
 
 
 def _optional(value: float | None, template: str) -> str:
@@ -217,7 +273,9 @@ def prepare_data(source: pathlib.Path, out: pathlib.Path, train_size: int, test_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="toy sizes: every part in seconds on a CPU")
-    parser.add_argument("--data", type=pathlib.Path, help="an .npz for part 3 (see --prepare-data)")
+    parser.add_argument("--data", type=pathlib.Path, help="an .npz for part 4 (see --prepare-data)")
+    parser.add_argument("--reference-code", type=pathlib.Path,
+                        help="for part 2: the folder that holds the original CAT-KD code's mdistiller package")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("device_suite.json"))
     parser.add_argument("--budget-seconds", type=float, default=420.0, help="no measurement starts after this")
     parser.add_argument("--parts", type=lambda text: text.split(","), default=list(PARTS),

@@ -82,18 +82,68 @@ def test_paper_table_a3_at_tiny_scale_sets_each_cells_mean_and_std_beside_the_pa
     assert sorted(path.name for path in (tmp_path / "teachers").iterdir()) == sorted(teachers.values())
 
 
+# The original CAT-KD code's interface as benchmarks/reference_step.py uses it (the original is
+# not in this repository): `_test` networks returning (logits, {"feats": [..., cams]}), and a
+# CAT_KD distiller built from (student, teacher, cfg) that returns (logits, losses).
+ORIGINAL_INTERFACE = {
+    "mdistiller/__init__.py": "",
+    "mdistiller/models/__init__.py": """
+import torch
+
+class CamNet(torch.nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
+        self.conv_test = torch.nn.Conv2d(4, num_classes, 1, bias=False)
+
+    def forward(self, x):
+        cams = self.conv_test(torch.relu(self.conv(x)))
+        return cams.mean((2, 3)), {"feats": [cams]}
+
+cifar_model_dict = {"resnet20_test": (CamNet, None)}
+""",
+    "mdistiller/distillers/__init__.py": """
+import torch
+import torch.nn.functional as F
+
+class CAT_KD(torch.nn.Module):
+    def __init__(self, student, teacher, cfg):
+        super().__init__()
+        self.student, self.teacher, self.beta = student, teacher, cfg.CAT_KD.LOSS.CAT_loss_weight
+
+    def get_learnable_parameters(self):
+        return list(self.student.parameters())
+
+    def forward(self, image, target, **kwargs):
+        logits, features = self.student(image)
+        with torch.no_grad():
+            _, teacher_features = self.teacher(image)
+        cams = [F.adaptive_avg_pool2d(f["feats"][-1], 2) for f in (features, teacher_features)]
+        return logits, {"loss_CE": F.cross_entropy(logits, target), "loss_CAT": self.beta * F.mse_loss(*cams)}
+""",
+}
+
+
 def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     rng = np.random.default_rng(0)
     save_npz(tmp_path / "data.npz", (rng.integers(0, 256, (32, 32, 32, 3), np.uint8), np.arange(32) % 10,
                                      rng.integers(0, 256, (16, 32, 32, 3), np.uint8), np.arange(16) % 10),
              [f"class_{k}" for k in range(10)])
+    for name, text in ORIGINAL_INTERFACE.items():
+        (tmp_path / "original" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "original" / name).write_text(text)
+    (tmp_path / "original/mdistiller/distillers/CAT_KD.py").touch()  # where reference_step.py looks for the code
     script = _script("device_suite")
     monkeypatch.setattr(sys, "argv", ["device_suite.py", "--tiny", f"--data={tmp_path / 'data.npz'}",
-                                      f"--out={tmp_path / 'suite.json'}"])
+                                      f"--reference-code={tmp_path / 'original'}", f"--out={tmp_path / 'suite.json'}"])
     script.main()
     result = json.loads((tmp_path / "suite.json").read_text())
-    assert result["skipped"] == [] and result["backend"] == "cpu"
+    assert result["skipped"] == [] and result["errors"] == [] and result["backend"] == "cpu"
+    (original,) = result["reference"]
+    assert (original["teacher"], original["student"], original["batch_size"], original["device"]) == (
+        "resnet20", "resnet20", 8, "cpu")
+    assert original["trainer_images_per_sec"] > 0 and original["step_images_per_sec"] > 0
     settings = [(r["batch_size"], r["dtype"], r["teacher_batch_norm_folded"]) for r in result["throughput"]]
     assert settings == [(8, "float32", True), (16, "bfloat16", True), (8, "float32", False)]
     for r in result["throughput"] + result["runs"]:  # throughput.py's figures
@@ -116,6 +166,35 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     assert len(real["train_loss_by_epoch"]) == 1 and 0.0 <= real["best_test_acc"] <= 100.0
     printed = capsys.readouterr().out
     assert "resnet8 -> resnet8" in printed and "two runs bit-identical: True" in printed
+    assert "the original PyTorch code" in printed and "resnet20 -> resnet20" in printed
+    # A throughput row is divided by the original's rate for its pair and batch, where measured.
+    faster = dict(original, teacher="resnet8", student="resnet8", trainer_images_per_sec=100.0)
+    rows = script.tables(dict(result, reference=[faster])).splitlines()
+    first = result["throughput"][0]
+    assert rows[4].split()[:7] == ["resnet8", "->", "resnet8", "8", "float32", "folded",
+                                   f"{first['train_images_per_sec']:.0f}"]
+    assert rows[4].split()[7] == f"{first['train_images_per_sec'] / 100.0:.2f}"
+    assert rows[5].split()[7] == "-"  # batch 16: the original was not measured there
+
+
+def test_device_suite_keeps_going_past_a_failure_and_stops_starting_when_the_budget_is_spent(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("device_suite")
+    result = {"kept": [], "skipped": [], "errors": []}
+    recorder = script.Recorder(result, 60.0, tmp_path / "suite.json")
+
+    def fails():
+        raise ValueError("out of memory\nallocating 3 GiB")
+
+    recorder.measure("first", fails, result["kept"].append)
+    assert result["errors"] == ["first: ValueError: out of memory"]
+    assert json.loads((tmp_path / "suite.json").read_text()) == result  # written after each measurement
+    recorder.measure("second", lambda: {"value": 1}, result["kept"].append)
+    assert [kept["value"] for kept in result["kept"]] == [1] and result["kept"][0]["seconds"] >= 0
+    recorder.deadline = 0.0
+    recorder.measure("third", lambda: {"value": 2}, result["kept"].append)
+    assert result["skipped"] == ["third"] and len(result["kept"]) == 1
+    assert json.loads((tmp_path / "suite.json").read_text())["skipped"] == ["third"]
 
 
 def test_device_suite_finds_a_peak_by_device_kind(monkeypatch):

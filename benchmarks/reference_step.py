@@ -1,0 +1,138 @@
+"""Step rate of the original PyTorch CAT-KD code, run as its trainer runs it: the reference that
+this project's train step (`benchmarks/throughput.py`) is compared with.
+
+    python benchmarks/reference_step.py --code DIR [--pairs resnet32x4:resnet8x4,resnet56:resnet20]
+        [--batch-size 64] [--steps 20] [--warmup 3] [--json]
+
+DIR holds the original code's `mdistiller` package (github.com/GzyAftermath/CAT-KD), e.g.
+`git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`; it is imported from there, not copied
+into this project. Each pair is built as its `tools/train.py` builds it with `if_test: True`
+(the `_test` CAM-head networks, the `CAT_KD` distiller in `torch.nn.DataParallel`, SGD with
+momentum and weight decay, `cudnn.benchmark` on), with random weights (the speed does not depend
+on them) and the CAT settings of `catkd_jax.default_config`, so that the step is the one
+throughput.py times. On the first GPU, else the CPU, from a batch already on the device:
+- `trainer`: its `BaseTrainer.train_iter`: zero_grad, forward, the summed losses' backward, the
+  SGD step, then top-1/top-5 accuracy and the loss copied to the host (a sync per step);
+- `step`: the same without that bookkeeping, synchronised once after the timed steps.
+Reported per pair: images/s of each, and the allocator's peak device memory (GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+import types
+from typing import Callable
+
+import torch
+
+from catkd_jax import default_config
+
+NUM_CLASSES = 100
+
+
+def _reference_config() -> types.SimpleNamespace:
+    """The original code's `cfg.CAT_KD` fields, from this project's default CAT-KD settings."""
+    cat_kd = default_config.get_config().cat_kd
+    loss = types.SimpleNamespace(CE_WEIGHT=cat_kd.ce_weight, CAT_loss_weight=cat_kd.beta,
+                                 CAM_RESOLUTION=cat_kd.resolution)
+    return types.SimpleNamespace(CAT_KD=types.SimpleNamespace(
+        LOSS=loss, onlyCAT=cat_kd.ce_weight == 0, IF_NORMALIZE=cat_kd.normalize, IF_BINARIZE=cat_kd.binarize,
+        IF_OnlyTransferPartialCAMs=False, CAMs_Nums=0, Strategy=0))
+
+
+def _seconds_per_step(one_step: Callable[[], object], steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def measure(code: pathlib.Path, teacher: str, student: str, batch_size: int, steps: int, warmup: int) -> dict:
+    """Images/s of the original CAT-KD train step for one pair (see the module docstring)."""
+    sys.path.insert(0, str(code))
+    from mdistiller.distillers import CAT_KD  # pylint: disable=import-outside-toplevel
+    from mdistiller.models import cifar_model_dict  # pylint: disable=import-outside-toplevel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    missing = [name for name in (teacher, student) if name + "_test" not in cifar_model_dict]
+    if missing:
+        raise SystemExit(f"reference_step.py: the original code has no CAM-head network {missing[0]}_test; "
+                         f"choose among {sorted(name[:-len('_test')] for name in cifar_model_dict if name.endswith('_test'))}")
+    networks = [cifar_model_dict[name + "_test"][0](num_classes=NUM_CLASSES) for name in (teacher, student)]
+    distiller = torch.nn.DataParallel(CAT_KD(networks[1], networks[0], _reference_config()).to(device))
+    distiller.train()
+    optimizer = torch.optim.SGD(distiller.module.get_learnable_parameters(), lr=0.05, momentum=0.9,
+                                weight_decay=5e-4)
+    image = torch.randn(batch_size, 3, 32, 32, device=device)
+    target = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad()
+        preds, losses = distiller(image=image, target=target, epoch=1)
+        loss = sum(value.mean() for value in losses.values())
+        loss.backward()
+        optimizer.step()
+        return preds, loss
+
+    def trainer_iteration() -> tuple[float, float, float]:
+        preds, loss = step()
+        correct = preds.topk(5, 1, True, True)[1].t().eq(target.view(1, -1))
+        top1, top5 = (correct[:k].reshape(-1).float().sum(0) * (100.0 / batch_size) for k in (1, 5))
+        return loss.cpu().detach().numpy().mean(), top1.item(), top5.item()
+
+    for _ in range(warmup):
+        trainer_iteration()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer_seconds = _seconds_per_step(trainer_iteration, steps, device)
+    step_seconds = _seconds_per_step(step, steps, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"teacher": teacher, "student": student, "batch_size": batch_size, "dtype": "float32",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "trainer_images_per_sec": batch_size / trainer_seconds, "step_images_per_sec": batch_size / step_seconds,
+            "peak_device_mib": peak}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--code", type=pathlib.Path, required=True, help="the folder that holds `mdistiller`")
+    parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20,wrn_40_2:ShuffleV1",
+                        type=lambda text: [tuple(pair.split(":")) for pair in text.split(",")],
+                        help="comma-separated teacher:student pairs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed trainer iterations first")
+    parser.add_argument("--json", action="store_true", help="print one JSON list")
+    args = parser.parse_args(argv)
+    if not (args.code / "mdistiller" / "distillers" / "CAT_KD.py").is_file():
+        parser.error(f"--code {args.code}: no mdistiller/distillers/CAT_KD.py there; give the folder that holds "
+                     "the original CAT-KD code's mdistiller package")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    results = [measure(args.code, teacher, student, args.batch_size, args.steps, args.warmup)
+               for teacher, student in args.pairs]
+    if args.json:
+        print(json.dumps(results))
+        return
+    for result in results:
+        print(f"{result['teacher']} -> {result['student']}, batch {result['batch_size']}, {result['device']}: "
+              f"{result['trainer_images_per_sec']:.1f} images/s as its trainer runs, "
+              f"{result['step_images_per_sec']:.1f} without the per-step bookkeeping")
+
+
+if __name__ == "__main__":
+    main()
