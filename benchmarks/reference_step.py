@@ -3,14 +3,16 @@ this project's train step (`benchmarks/throughput.py`) is compared with.
 
     python benchmarks/reference_step.py --code DIR [--pairs resnet32x4:resnet8x4,resnet56:resnet20]
         [--batch-size 64] [--steps 20] [--warmup 3] [--json]
+    python benchmarks/reference_step.py --code DIR --pairs ShuffleV1,MobileNetV2   # vanilla students
 
 DIR holds the original code's `mdistiller` package (github.com/GzyAftermath/CAT-KD), e.g.
 `git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`; it is imported from there, not copied
-into this project. Each pair is built as its `tools/train.py` builds it with `if_test: True`
-(the `_test` CAM-head networks, the `CAT_KD` distiller in `torch.nn.DataParallel`, SGD with
-momentum and weight decay, `cudnn.benchmark` on), with random weights (the speed does not depend
-on them) and the CAT settings of `catkd_jax.default_config`, so that the step is the one
-throughput.py times. On the first GPU, else the CPU, from a batch already on the device:
+into this project. A pair is built as its `tools/train.py` builds it with `if_test: True` (the
+`_test` CAM-head networks, the `CAT_KD` distiller), a student alone as its vanilla run (the plain
+network, the `Vanilla` distiller); either in `torch.nn.DataParallel`, with SGD (momentum 0.9,
+weight decay 5e-4) and `cudnn.benchmark` on, random weights (the speed does not depend on them)
+and the CAT settings of `catkd_jax.default_config`, so that the step is the one throughput.py
+times. On the first GPU, else the CPU, from a batch already on the device:
 - `trainer`: its `BaseTrainer.train_iter`: zero_grad, forward, the summed losses' backward, the
   SGD step, then top-1/top-5 accuracy and the loss copied to the host (a sync per step);
 - `step`: the same without that bookkeeping, synchronised once after the timed steps.
@@ -55,21 +57,35 @@ def _seconds_per_step(one_step: Callable[[], object], steps: int, device: torch.
     return (time.perf_counter() - started) / steps
 
 
-def measure(code: pathlib.Path, teacher: str, student: str, batch_size: int, steps: int, warmup: int) -> dict:
-    """Images/s of the original CAT-KD train step for one pair (see the module docstring)."""
-    sys.path.insert(0, str(code))
-    from mdistiller.distillers import CAT_KD  # pylint: disable=import-outside-toplevel
+def _network(models: dict, name: str) -> torch.nn.Module:
+    if name not in models:
+        raise SystemExit(f"reference_step.py: the original code has no network {name}; it has {sorted(models)}")
+    return models[name][0](num_classes=NUM_CLASSES)
+
+
+def _distiller(teacher: str | None, student: str) -> torch.nn.Module:
+    """The module the original trainer calls, as its tools/train.py builds it: `CAT_KD` over the
+    `_test` (CAM-head) networks, or `Vanilla` over the plain student when there is no teacher."""
     from mdistiller.models import cifar_model_dict  # pylint: disable=import-outside-toplevel
 
+    if teacher is None:
+        from mdistiller.distillers import Vanilla  # pylint: disable=import-outside-toplevel
+
+        return Vanilla(_network(cifar_model_dict, student))
+    from mdistiller.distillers import CAT_KD  # pylint: disable=import-outside-toplevel
+
+    networks = [_network(cifar_model_dict, name + "_test") for name in (teacher, student)]
+    return CAT_KD(networks[1], networks[0], _reference_config())
+
+
+def measure(code: pathlib.Path, teacher: str | None, student: str, batch_size: int, steps: int, warmup: int) -> dict:
+    """Images/s of the original train step of CAT-KD from `teacher` (or of a vanilla `student`
+    when `teacher` is None); see the module docstring."""
+    sys.path.insert(0, str(code))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    missing = [name for name in (teacher, student) if name + "_test" not in cifar_model_dict]
-    if missing:
-        raise SystemExit(f"reference_step.py: the original code has no CAM-head network {missing[0]}_test; "
-                         f"choose among {sorted(name[:-len('_test')] for name in cifar_model_dict if name.endswith('_test'))}")
-    networks = [cifar_model_dict[name + "_test"][0](num_classes=NUM_CLASSES) for name in (teacher, student)]
-    distiller = torch.nn.DataParallel(CAT_KD(networks[1], networks[0], _reference_config()).to(device))
+    distiller = torch.nn.DataParallel(_distiller(teacher, student).to(device))
     distiller.train()
     optimizer = torch.optim.SGD(distiller.module.get_learnable_parameters(), lr=0.05, momentum=0.9,
                                 weight_decay=5e-4)
@@ -108,8 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", type=pathlib.Path, required=True, help="the folder that holds `mdistiller`")
     parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20,wrn_40_2:ShuffleV1",
-                        type=lambda text: [tuple(pair.split(":")) for pair in text.split(",")],
-                        help="comma-separated teacher:student pairs")
+                        type=lambda text: [(*pair.split(":"),) if ":" in pair else (None, pair) for pair in text.split(",")],
+                        help="comma-separated teacher:student pairs (CAT-KD), or students alone (vanilla training)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=3, help="untimed trainer iterations first")
@@ -129,7 +145,7 @@ def main() -> None:
         print(json.dumps(results))
         return
     for result in results:
-        print(f"{result['teacher']} -> {result['student']}, batch {result['batch_size']}, {result['device']}: "
+        print(f"{result['teacher'] or 'vanilla'} -> {result['student']}, batch {result['batch_size']}, {result['device']}: "
               f"{result['trainer_images_per_sec']:.1f} images/s as its trainer runs, "
               f"{result['step_images_per_sec']:.1f} without the per-step bookkeeping")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from catkd_jax.models import canonical_name, create_model, list_models
-from catkd_jax.models.layers import BatchNorm
+from catkd_jax.models.layers import BatchNorm, grouped_conv_general_dilated
 from conftest import random_variables, shared_path
 
 ARCHS = [
@@ -132,3 +133,39 @@ def test_batch_norm_running_variance_is_unbiased_like_pytorch():
     np.testing.assert_allclose(
         np.asarray(y).reshape(-1, 4), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), rtol=1e-4, atol=1e-5
     )
+
+
+# `[N, H, W, C]` input, `[kh, kw, C / groups, K]` kernel, stride, padding, groups: every kind of
+# grouped convolution of the models (depthwise at stride 1 and 2, odd and even sizes; grouped 1x1).
+GROUPED_CONVOLUTIONS = [((2, 9, 9, 6), (3, 3, 1, 6), 1, 1, 6), ((2, 9, 9, 6), (3, 3, 1, 6), 2, 1, 6),
+                        ((2, 8, 8, 6), (3, 3, 1, 6), 2, 1, 6), ((2, 5, 5, 12), (1, 1, 4, 9), 1, 0, 3),
+                        ((2, 6, 6, 12), (3, 3, 4, 6), 1, 1, 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("image_shape, kernel_shape, stride, padding, groups", GROUPED_CONVOLUTIONS)
+def test_grouped_convolutions_compute_xlas_grouped_convolution(image_shape, kernel_shape, stride, padding, groups):
+    """The CPU's decomposed grouped convolutions are the same function as XLA's: equal to
+    float64 rounding, value and both gradients."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        images, kernel = (jnp.asarray(rng.standard_normal(shape)) for shape in (image_shape, kernel_shape))
+        arguments = ((stride, stride), ((padding, padding), (padding, padding)))
+        options = {"dimension_numbers": ("NHWC", "HWIO", "NHWC"), "feature_group_count": groups}
+        ours, ours_vjp = jax.vjp(lambda x, k: grouped_conv_general_dilated(x, k, *arguments, **options), images, kernel)
+        xlas, xlas_vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(x, k, *arguments, **options), images, kernel)
+        cotangent = jnp.asarray(rng.standard_normal(xlas.shape))
+        for mine, theirs in zip((ours, *ours_vjp(cotangent)), (xlas, *xlas_vjp(cotangent))):
+            assert mine.dtype == jnp.float64
+            np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(theirs))))
+
+
+@pytest.mark.parametrize("arch", ["ShuffleV1", "ShuffleV2", "MobileNetV2", "imagenet_mobilenet_v1"])
+def test_no_grouped_convolution_reaches_xlas_cpu_backend(arch):
+    """On a CPU every grouped convolution of the models takes the decomposed form (XLA's CPU
+    grouped convolutions make a train step about 3x slower)."""
+    model = create_model(arch)
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3) if arch.startswith("imagenet") else (2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    program = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).as_text()
+    assert "convolution" in program  # the dense ones stay
+    assert set(re.findall(r"feature_group_count = (\d+)", program)) == {"1"}

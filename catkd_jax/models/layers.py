@@ -10,12 +10,14 @@ says what PyTorch calls it in `torch_classifier_name`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -54,7 +56,8 @@ def conv(
     """A `torch.nn.Conv2d` as an `nn.Conv`: symmetric explicit padding (default k // 2).
 
     Explicit padding matters: 'SAME' pads stride-2 convolutions asymmetrically, PyTorch does not.
-    Parameters stay float32; `dtype` is the computation dtype.
+    Parameters stay float32; `dtype` is the computation dtype. Grouped convolutions run through
+    `grouped_conv_general_dilated`.
     """
     pad = kernel_size // 2 if padding is None else padding
     return nn.Conv(
@@ -63,6 +66,7 @@ def conv(
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         feature_group_count=groups,
+        conv_general_dilated=grouped_conv_general_dilated if groups > 1 else None,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -70,6 +74,83 @@ def conv(
         bias_init=bias_init,
         name=name,
     )
+
+
+def grouped_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` of `conv`'s grouped convolutions (`lhs [N, H, W, C]`, `rhs
+    [kh, kw, C / groups, K]`, explicit padding), computed on CPUs without XLA's grouped convolution.
+
+    XLA's CPU backend runs grouped convolutions and their gradients far slower than dense ones
+    (docs/benchmarks.md: ShuffleV1's train step 3x, MobileNetV2's 3x). There a depthwise
+    convolution (one input channel per group, K = C) is computed as the sum of its kh * kw shifted
+    inputs scaled per channel, and a grouped 1x1 convolution as one matmul with the block-diagonal
+    kernel; other grouped convolutions, and every platform but the CPU (where cuDNN has grouped
+    kernels), keep XLA's convolution. The function is the same; only the rounding order of the
+    sums differs.
+    """
+    native = functools.partial(
+        lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision,
+    )
+    kernel_height, kernel_width, group_inputs, outputs = rhs.shape
+    channels = lhs.shape[-1]
+    undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if undilated and group_inputs == 1 and outputs == channels:
+        decomposed = functools.partial(_depthwise_conv, window_strides=window_strides, padding=padding)
+    elif undilated and (kernel_height, kernel_width) == (1, 1) and tuple(window_strides) == (1, 1) and all(
+        tuple(pair) == (0, 0) for pair in padding
+    ):
+        decomposed = functools.partial(_grouped_pointwise_conv, groups=feature_group_count)
+    else:
+        return native(lhs, rhs)
+    return lax.platform_dependent(lhs, rhs, cpu=decomposed, default=native)
+
+
+def _depthwise_conv(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> jax.Array:
+    """`[N, H, W, C] * [kh, kw, 1, C] -> [N, H', W', C]`, summed over the kernel taps in float32
+    (or wider): a bfloat16 convolution accumulates in float32 too."""
+    (top, bottom), (left, right) = padding
+    stride_h, stride_w = window_strides
+    padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    batch, height, width, channels = padded.shape
+    kernel_height, kernel_width = rhs.shape[:2]
+    out_height = (height - kernel_height) // stride_h + 1
+    out_width = (width - kernel_width) // stride_w + 1
+    accumulator = jnp.promote_types(lhs.dtype, jnp.float32)
+    total = jnp.zeros((batch, out_height, out_width, channels), accumulator)
+    for i in range(kernel_height):
+        for j in range(kernel_width):
+            tap = lax.slice(
+                padded, (0, i, j, 0),
+                (batch, i + (out_height - 1) * stride_h + 1, j + (out_width - 1) * stride_w + 1, channels),
+                (1, stride_h, stride_w, 1),
+            )
+            total = total + tap.astype(accumulator) * rhs[i, j, 0].astype(accumulator)
+    return total.astype(lhs.dtype)
+
+
+def _grouped_pointwise_conv(lhs: jax.Array, rhs: jax.Array, groups: int) -> jax.Array:
+    """`[N, H, W, C] * [1, 1, C / groups, K] -> [N, H, W, K]` as one matmul with the `[C, K]`
+    block-diagonal kernel: group g's inputs meet only group g's outputs."""
+    group_inputs, outputs = rhs.shape[2:]
+    blocks = rhs[0, 0].reshape(group_inputs, groups, outputs // groups)
+    kernel = jnp.einsum("igo,gh->giho", blocks, jnp.eye(groups, dtype=rhs.dtype))
+    kernel = kernel.reshape(groups * group_inputs, outputs)
+    accumulator = jnp.promote_types(lhs.dtype, jnp.float32)
+    return jnp.matmul(lhs, kernel, preferred_element_type=accumulator).astype(lhs.dtype)
 
 
 class BatchNorm(nn.Module):
