@@ -8,7 +8,8 @@ Parts (`--parts`, default all):
    of the step (and the allocator's peak so far, where the device reports one), achieved FLOP/s
    and its fraction of the device's peak (`PEAK_TFLOPS`), for the pairs of `PAIRS`: batch 64
    (the paper's) and `--large-batch`, float32 and bfloat16, the teacher folded and not
-   (`throughput.run`, synthetic on-device batches).
+   (`throughput.run`, synthetic on-device batches); and wrn_40_2 -> ShuffleV1 with its grouped
+   convolutions decomposed as on CPUs (`EVERY_PLATFORM`).
 2. reference (with --reference-code, the folder holding the original code's `mdistiller`): the
    original PyTorch step of the same pairs at batch 64 (`reference_step.py`, in a subprocess),
    beside part 1's figures.
@@ -17,7 +18,7 @@ Parts (`--parts`, default all):
    resnet8 trained twice for `--real-data-epochs`: the loss falls, test accuracy is above
    chance, and the two runs are bit-identical.
 Within the budget, each part's essentials come first (part 1 at batch 64 with the teacher
-folded, then parts 2-4), then the rest of part 1; a measurement starts only while the budget
+folded, part 2, the decomposed grouped convolutions, parts 3 and 4), then the rest of part 1; a measurement starts only while the budget
 lasts (what is left is listed as skipped), and one that fails is listed with its error while
 the others go on. --out is rewritten after every measurement, so a run that is stopped keeps
 what it measured. Prints one table per part. --tiny runs every part at
@@ -29,6 +30,7 @@ toy sizes (CPU, tests). --prepare-data writes the .npz from a CIFAR-10 image fol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import pathlib
@@ -37,7 +39,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Any, Callable
+import unittest.mock
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -47,6 +50,7 @@ import throughput  # the sibling script: python puts this directory first on the
 from catkd_jax import checkpoints, config_files, default_config, training
 from catkd_jax.console import format_table
 from catkd_jax.data import reduce_training_set, save_npz
+from catkd_jax.models import layers
 
 # Dense peak TFLOP/s per chip by device kind and dtype; float32 convolutions and matmuls run
 # as TF32 on these GPUs under JAX's default precision.
@@ -63,6 +67,11 @@ PARTS = ("throughput", "reference", "runs", "real_data")
 REFERENCE_TIMEOUT_SECONDS = 300
 
 PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "ShuffleV1"))
+
+# `jax.lax.platform_dependent`'s platform names. Part 1 also measures wrn_40_2 -> ShuffleV1 with
+# its grouped convolutions decomposed on all of them, as they are on CPUs: whether that pays on
+# this device too.
+EVERY_PLATFORM = ("cpu", "cuda", "rocm", "tpu")
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
@@ -119,6 +128,20 @@ def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool
     peak_bytes = stats.get("peak_bytes_in_use")
     result["process_peak_device_mib"] = peak_bytes / 2**20 if peak_bytes is not None else None
     return result
+
+
+@contextlib.contextmanager
+def grouped_convolutions_decomposed_on(platforms: Sequence[str]) -> Iterator[None]:
+    """Models traced inside decompose their grouped convolutions on `platforms` (instead of the
+    CPU alone; `layers.grouped_conv_general_dilated`)."""
+    decomposed = functools.partial(layers.grouped_conv_general_dilated, decomposed_on=tuple(platforms))
+    with unittest.mock.patch.object(layers, "grouped_conv_general_dilated", decomposed):
+        yield
+
+
+def _decomposed_throughput(args: argparse.Namespace) -> dict:
+    with grouped_convolutions_decomposed_on(EVERY_PLATFORM):
+        return dict(_throughput("wrn_40_2", "ShuffleV1", 64, "float32", True, args), grouped_convolutions="decomposed")
 
 
 def throughput_settings(args: argparse.Namespace) -> tuple[list, list]:
@@ -189,6 +212,9 @@ def run(args: argparse.Namespace) -> dict:
     throughput_part(essentials)
     if args.reference_code and "reference" in args.parts:
         recorder.measure("reference", functools.partial(reference, args), result["reference"].extend)
+    if not args.tiny and "throughput" in args.parts:  # the tiny pair has no grouped convolutions
+        recorder.measure("wrn_40_2->ShuffleV1 batch 64 float32 folded, grouped convolutions decomposed",
+                         functools.partial(_decomposed_throughput, args), result["throughput"].append)
     teacher, student = ("resnet8", "resnet8") if args.tiny else PAIRS[0]
     batch = 8 if args.tiny else 64
     seeds = 2 if args.tiny else 5
@@ -211,7 +237,9 @@ def tables(result: dict) -> str:
     header = ["teacher -> student", "batch", "dtype", "teacher", "train img/s", "x original", "compile s", "TFLOP/s",
               "of peak", "step MiB"]
     rows = [[f"{r['teacher']} -> {r['student']}", r["batch_size"], r["dtype"],
-             "folded" if r["teacher_batch_norm_folded"] else "unfolded", f"{r['train_images_per_sec']:.0f}",
+             ("folded" if r["teacher_batch_norm_folded"] else "unfolded")
+             + (", grouped convs decomposed" if r.get("grouped_convolutions") == "decomposed" else ""),
+             f"{r['train_images_per_sec']:.0f}",
              _optional(_ratio(r["train_images_per_sec"], original.get((r["teacher"], r["student"], r["batch_size"]))),
                        "{:.2f}"),
              f"{r['compile_seconds']:.1f}", _optional(r["achieved_tflops"], "{:.1f}"),

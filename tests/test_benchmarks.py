@@ -8,11 +8,14 @@ import json
 import re
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from catkd_jax import runs
 from catkd_jax.data import save_npz
+from catkd_jax.models import create_model
 from conftest import REPO_ROOT
 
 
@@ -175,6 +178,26 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
                                    f"{first['train_images_per_sec']:.0f}"]
     assert rows[4].split()[7] == f"{first['train_images_per_sec'] / 100.0:.2f}"
     assert rows[5].split()[7] == "-"  # batch 16: the original was not measured there
+
+
+def test_device_suite_can_leave_the_cpus_grouped_convolutions_to_xla(monkeypatch):
+    """The suite measures a GPU with the CPU's decomposition by patching where the models look;
+    on a CPU, decomposing on no platform shows that the patch reaches the models."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("device_suite")
+    model = create_model("ShuffleV1")
+    images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+
+    def grouped_convolutions_in_program() -> set[str]:
+        program = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).as_text()
+        return set(re.findall(r"feature_group_count = (\d+)", program)) - {"1"}
+
+    with script.grouped_convolutions_decomposed_on(()):
+        # ShuffleV1's grouped 1x1 convolutions (3 groups) and depthwise ones: a quarter of each
+        # block's new channels, (240 - 24) / 4 in the first block.
+        assert grouped_convolutions_in_program() == {"3", "54", "60", "120", "240"}
+    assert grouped_convolutions_in_program() == set()  # as before: decomposed on this CPU
 
 
 def test_device_suite_keeps_going_past_a_failure_and_stops_starting_when_the_budget_is_spent(tmp_path, monkeypatch):

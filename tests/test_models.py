@@ -159,6 +159,20 @@ def test_grouped_convolutions_compute_xlas_grouped_convolution(image_shape, kern
             np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(theirs))))
 
 
+def test_grouped_convolutions_decompose_only_on_the_platforms_named():
+    images, kernel = jax.ShapeDtypeStruct((2, 8, 8, 6), jnp.float32), jax.ShapeDtypeStruct((3, 3, 1, 6), jnp.float32)
+
+    def groups_in_cpu_program(**platforms):
+        program = jax.jit(lambda x, k: grouped_conv_general_dilated(
+            x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6,
+            **platforms)).lower(images, kernel).as_text()
+        return set(re.findall(r"feature_group_count = (\d+)", program))
+
+    assert groups_in_cpu_program() == set()  # the default decomposes on CPUs
+    assert groups_in_cpu_program(decomposed_on=("cuda", "rocm")) == {"6"}
+    assert groups_in_cpu_program(decomposed_on=("cpu", "cuda")) == set()
+
+
 @pytest.mark.parametrize("arch", ["ShuffleV1", "ShuffleV2", "MobileNetV2", "imagenet_mobilenet_v1"])
 def test_no_grouped_convolution_reaches_xlas_cpu_backend(arch):
     """On a CPU every grouped convolution of the models takes the decomposed form (XLA's CPU

@@ -86,6 +86,7 @@ def grouped_conv_general_dilated(
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
     precision: Any = None,
+    decomposed_on: Sequence[str] = ("cpu",),
 ) -> jax.Array:
     """`lax.conv_general_dilated` of `conv`'s grouped convolutions (`lhs [N, H, W, C]`, `rhs
     [kh, kw, C / groups, K]`, explicit padding), computed on CPUs without XLA's grouped convolution.
@@ -94,9 +95,9 @@ def grouped_conv_general_dilated(
     (docs/benchmarks.md: ShuffleV1's train step 3x, MobileNetV2's 3x). There a depthwise
     convolution (one input channel per group, K = C) is computed as the sum of its kh * kw shifted
     inputs scaled per channel, and a grouped 1x1 convolution as one matmul with the block-diagonal
-    kernel; other grouped convolutions, and every platform but the CPU (where cuDNN has grouped
-    kernels), keep XLA's convolution. The function is the same; only the rounding order of the
-    sums differs.
+    kernel; other grouped convolutions keep XLA's convolution. The platforms of `decomposed_on`
+    (`jax.lax.platform_dependent`'s names) take the decomposed forms, the others XLA's (cuDNN's
+    grouped kernels on GPUs). The function is the same; only the rounding order of the sums differs.
     """
     native = functools.partial(
         lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
@@ -114,7 +115,7 @@ def grouped_conv_general_dilated(
         decomposed = functools.partial(_grouped_pointwise_conv, groups=feature_group_count)
     else:
         return native(lhs, rhs)
-    return lax.platform_dependent(lhs, rhs, cpu=decomposed, default=native)
+    return lax.platform_dependent(lhs, rhs, **dict.fromkeys(decomposed_on, decomposed), default=native)
 
 
 def _depthwise_conv(
