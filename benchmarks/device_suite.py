@@ -16,7 +16,8 @@ Parts (`--parts`, default all):
 3. runs: several runs in one program: 1 and 5 seeds vmapped against one run at a time.
 4. real_data (with --data, an .npz of `catkd_jax.data.npz`, read without TensorFlow): a vanilla
    resnet8 trained twice for `--real-data-epochs`: the loss falls, test accuracy is above
-   chance, and the two runs are bit-identical.
+   chance, and the two runs are bit-identical; the training loop's images/s (input pipeline,
+   transfers and all) beside its train step's alone.
 Within the budget, each part's essentials come first (part 1 at batch 64 with the teacher
 folded, part 2, the decomposed grouped convolutions, parts 3 and 4), then the rest of part 1; a measurement starts only while the budget
 lasts (what is left is listed as skipped), and one that fails is listed with its error while
@@ -111,9 +112,9 @@ class Recorder:
         self.out.write_text(json.dumps(self.result, indent=1))
 
 
-def _throughput(teacher: str, student: str, batch: int, dtype: str, folded: bool, args: argparse.Namespace,
-                runs: int = 1, vectorize: str = "auto") -> dict:
-    flags = [f"--teacher={teacher}", f"--student={student}", "--method=cat_kd", f"--batch-size={batch}",
+def _throughput(teacher: str | None, student: str, batch: int, dtype: str, folded: bool, args: argparse.Namespace,
+                runs: int = 1, vectorize: str = "auto", method: str = "cat_kd") -> dict:
+    flags = [*([f"--teacher={teacher}"] if teacher else []), f"--student={student}", f"--method={method}", f"--batch-size={batch}",
              f"--dtype={dtype}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--runs={runs}",
              f"--vectorize={vectorize}"]
     result = throughput.run(throughput.parse_args(flags + ([] if folded else ["--no-fold-batch-norm"])))
@@ -172,13 +173,16 @@ def reference(args: argparse.Namespace) -> list[dict]:
 
 
 def real_data(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
-    """Two identical trainings of a vanilla resnet8 on the .npz: loss, accuracy, bit-equality."""
+    """Two identical trainings of a vanilla resnet8 on the .npz: loss, accuracy, bit-equality;
+    and the training loop's images/s (its step logs in the last epoch, median) beside the same
+    train step's alone on synthetic on-device batches: what the loop's input and host work cost."""
+    batch = 64 if not args.tiny else 8
     config = default_config.get_config()
     changes = {"method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
                "data.name": "cifar10", "data.source": "npz", "data.dir": str(args.data),
-               "batch_size": 64 if not args.tiny else 8, "eval_batch_size": 100 if not args.tiny else 8,
+               "batch_size": batch, "eval_batch_size": 100 if not args.tiny else 8,
                "num_epochs": args.real_data_epochs, "optim.lr": 0.05, "optim.decay_epochs": (),
-               "checkpoint.every_epochs": args.real_data_epochs}
+               "checkpoint.every_epochs": args.real_data_epochs, "log_every_steps": 25 if not args.tiny else 1}
     config = config_files.with_values(config, changes)
     summaries, metrics = [], []
     for attempt in (1, 2):
@@ -186,13 +190,19 @@ def real_data(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
         metrics.append([json.loads(line) for line in (workdir / f"run{attempt}" / "metrics.jsonl").read_text().splitlines()])
     (first, meta), (second, _) = (checkpoints.load_variables(workdir / f"run{attempt}") for attempt in (1, 2))
     identical = all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, first, second)))
-    timeless = [[{k: v for k, v in record.items() if k != "epoch_seconds"} for record in run] for run in metrics]
+    timeless = [[{k: v for k, v in record.items() if k not in ("epoch_seconds", "images_per_sec")} for record in run]
+                for run in metrics]
+    epochs = [record for record in metrics[0] if record.get("record") != "steps"]
+    loop_rates = [record["images_per_sec"] for record in metrics[0]
+                  if record.get("record") == "steps" and record["epoch"] == args.real_data_epochs]
+    step_rate = _throughput(None, "resnet8", batch, "float32", True, args, method="vanilla")["train_images_per_sec"]
     return {"epochs": args.real_data_epochs, "steps": meta["step"],
-            "train_loss_by_epoch": [record["train_loss"] for record in metrics[0]],
-            "test_acc_by_epoch": [record["test_acc"] for record in metrics[0]],
+            "train_loss_by_epoch": [record["train_loss"] for record in epochs],
+            "test_acc_by_epoch": [record["test_acc"] for record in epochs],
             "best_test_acc": summaries[0]["best_test_acc"], "chance_acc": 10.0,
             "bit_identical": identical and timeless[0] == timeless[1],
-            "epoch_seconds": [record["epoch_seconds"] for record in metrics[0]]}
+            "epoch_seconds": [record["epoch_seconds"] for record in epochs],
+            "loop_images_per_sec": float(np.median(loop_rates)), "step_images_per_sec": step_rate}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -262,7 +272,8 @@ def tables(result: dict) -> str:
         parts.append(
             f"real data: train loss by epoch {', '.join(f'{x:.3f}' for x in data['train_loss_by_epoch'])}; "
             f"best test accuracy {data['best_test_acc']:.2f}% (chance {data['chance_acc']:.0f}%); "
-            f"two runs bit-identical: {data['bit_identical']}")
+            f"two runs bit-identical: {data['bit_identical']}; the training loop {data['loop_images_per_sec']:.0f} "
+            f"images/s, its train step alone {data['step_images_per_sec']:.0f}")
     if result["skipped"]:
         parts.append("skipped (budget spent): " + "; ".join(result["skipped"]))
     if result["errors"]:

@@ -167,6 +167,7 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     real = result["real_data"]
     assert real["bit_identical"] and real["epochs"] == 1 and real["steps"] == 32 // 8
     assert len(real["train_loss_by_epoch"]) == 1 and 0.0 <= real["best_test_acc"] <= 100.0
+    assert real["loop_images_per_sec"] > 0 and real["step_images_per_sec"] > 0
     printed = capsys.readouterr().out
     assert "resnet8 -> resnet8" in printed and "two runs bit-identical: True" in printed
     assert "the original PyTorch code" in printed and "resnet20 -> resnet20" in printed
