@@ -154,7 +154,11 @@ def test_grouped_convolutions_compute_xlas_grouped_convolution(image_shape, kern
         ours, ours_vjp = jax.vjp(lambda x, k: grouped_conv_general_dilated(x, k, *arguments, **options), images, kernel)
         xlas, xlas_vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(x, k, *arguments, **options), images, kernel)
         cotangent = jnp.asarray(rng.standard_normal(xlas.shape))
-        for mine, theirs in zip((ours, *ours_vjp(cotangent)), (xlas, *xlas_vjp(cotangent))):
+        # Several runs' students in one program (config.runs.vectorize='vmap'): vmapped kernels.
+        kernels = jnp.stack([kernel, -2.0 * kernel])
+        vmapped = jax.vmap(lambda k: grouped_conv_general_dilated(images, k, *arguments, **options))(kernels)
+        one_by_one = jnp.stack([jax.lax.conv_general_dilated(images, k, *arguments, **options) for k in kernels])
+        for mine, theirs in zip((ours, *ours_vjp(cotangent), vmapped), (xlas, *xlas_vjp(cotangent), one_by_one)):
             assert mine.dtype == jnp.float64
             np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(theirs))))
 
