@@ -8,8 +8,9 @@ Parts (`--parts`, default all):
    of the step (and the allocator's peak so far, where the device reports one), achieved FLOP/s
    and its fraction of the device's peak (`PEAK_TFLOPS`), for the pairs of `PAIRS`: batch 64
    (the paper's) and `--large-batch`, float32 and bfloat16, the teacher folded and not
-   (`throughput.run`, synthetic on-device batches); and wrn_40_2 -> ShuffleV1 with its grouped
-   convolutions decomposed as on CPUs (`EVERY_PLATFORM`).
+   (`throughput.run`, synthetic on-device batches); wrn_40_2 -> ShuffleV1 with its grouped
+   convolutions decomposed as on CPUs (`EVERY_PLATFORM`); the first setting compiled with each
+   of `XLA_OPTION_VARIANTS`.
 2. reference (with --reference-code, the folder holding the original code's `mdistiller`): the
    original PyTorch step of the same pairs at batch 64 (`reference_step.py`, in a subprocess),
    beside part 1's figures.
@@ -20,7 +21,7 @@ Parts (`--parts`, default all):
    transfers and all) beside its train step's alone.
 Within the budget, each part's essentials come first (part 1 at batch 64 in float32 with the
 teacher folded, part 2, the same in bfloat16, the decomposed grouped convolutions, parts 3 and
-4), then the rest of part 1; a measurement starts only while the budget
+4, the XLA options), then the rest of part 1; a measurement starts only while the budget
 lasts (what is left is listed as skipped), and one that fails is listed with its error while
 the others go on. --out is rewritten after every measurement, so a run that is stopped keeps
 what it measured. Prints one table per part. --tiny runs every part at
@@ -75,6 +76,13 @@ PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "Sh
 # this device too.
 EVERY_PLATFORM = ("cpu", "cuda", "rocm", "tpu")
 
+# XLA options, each alone in the compile of part 1's first step (resnet32x4 -> resnet8x4, batch
+# 64, float32): what autotuning costs in compile time and buys in speed, and what bit-identical
+# GPU steps cost (the real-data part says whether they are bit-identical without). --tiny: one
+# CPU option, to exercise the path.
+XLA_OPTION_VARIANTS = ({"xla_gpu_autotune_level": 0}, {"xla_gpu_deterministic_ops": True})
+TINY_XLA_OPTION_VARIANTS = ({"xla_cpu_use_fusion_emitters": False},)
+
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
     """The peak of `PEAK_TFLOPS` for a device kind ("NVIDIA H200"), None if unknown (CPUs)."""
@@ -114,10 +122,12 @@ class Recorder:
 
 
 def _throughput(teacher: str | None, student: str, batch: int, dtype: str, folded: bool, args: argparse.Namespace,
-                runs: int = 1, vectorize: str = "auto", method: str = "cat_kd") -> dict:
-    flags = [*([f"--teacher={teacher}"] if teacher else []), f"--student={student}", f"--method={method}", f"--batch-size={batch}",
-             f"--dtype={dtype}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--runs={runs}",
-             f"--vectorize={vectorize}"]
+                runs: int = 1, vectorize: str = "auto", method: str = "cat_kd", xla_options: dict | None = None) -> dict:
+    flags = [*([f"--teacher={teacher}"] if teacher else []), f"--student={student}", f"--method={method}",
+             f"--batch-size={batch}", f"--dtype={dtype}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+             f"--runs={runs}", f"--vectorize={vectorize}"]
+    flags += [f"--xla-option={name}={str(value).lower() if isinstance(value, bool) else value}"
+              for name, value in (xla_options or {}).items()]
     result = throughput.run(throughput.parse_args(flags + ([] if folded else ["--no-fold-batch-norm"])))
     steps_per_second = result["train_images_per_sec"] / (batch * runs)
     flops = result["train_step_flops"]
@@ -240,8 +250,17 @@ def run(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as workdir:
             recorder.measure("real data", functools.partial(real_data, args, pathlib.Path(workdir)),
                              functools.partial(result.__setitem__, "real_data"))
+    teacher, student, batch, dtype, folded = float32[0]
+    for options in (TINY_XLA_OPTION_VARIANTS if args.tiny else XLA_OPTION_VARIANTS) if "throughput" in args.parts else ():
+        recorder.measure(f"{teacher}->{student} batch {batch} {dtype} folded, {_describe(options)}",
+                         functools.partial(_throughput, teacher, student, batch, dtype, folded, args, xla_options=options),
+                         result["throughput"].append)
     throughput_part(rest)
     return result
+
+
+def _describe(options: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in options.items())
 
 
 def tables(result: dict) -> str:
@@ -252,7 +271,8 @@ def tables(result: dict) -> str:
               "of peak", "step MiB"]
     rows = [[f"{r['teacher']} -> {r['student']}", r["batch_size"], r["dtype"],
              ("folded" if r["teacher_batch_norm_folded"] else "unfolded")
-             + (", grouped convs decomposed" if r.get("grouped_convolutions") == "decomposed" else ""),
+             + (", grouped convs decomposed" if r.get("grouped_convolutions") == "decomposed" else "")
+             + (f", {_describe(r['compiler_options'])}" if r.get("compiler_options") else ""),
              f"{r['train_images_per_sec']:.0f}",
              _optional(_ratio(r["train_images_per_sec"], original.get((r["teacher"], r["student"], r["batch_size"]))),
                        "{:.2f}"),

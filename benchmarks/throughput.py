@@ -6,8 +6,8 @@
 The train step is the one training uses (`catkd_jax.training.make_multi_run_step`, here with
 `--runs` students): teacher forward, student forward and backward, SGD update. Reported:
 images/s of training and of evaluation (student forward), counted over all runs' students,
-seconds to compile (and run once) the train step, its FLOPs and device memory from XLA's
-cost and memory analyses, peak host memory.
+seconds to compile (and run once) the train step (with --xla-option's compiler options), its
+FLOPs and device memory from XLA's cost and memory analyses, peak host memory.
 With --json, one JSON object on stdout.
 """
 
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> dict:
     eval_step = jax.jit(training.make_multi_run_eval_step(student, plan, vectorize))
 
     started = time.perf_counter()
-    compiled_step = train_step.lower(state, train_batch, teacher_variables, values).compile()
+    compiled_step = train_step.lower(state, train_batch, teacher_variables, values).compile(
+        compiler_options=dict(args.xla_option) or None)
     state, metrics = compiled_step(state, train_batch, teacher_variables, values)
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - started
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> dict:
         "train_step_flops": _cost(compiled_step, "flops"),
         "train_step_memory_mib": _memory_mib(compiled_step),
         "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "compiler_options": dict(args.xla_option),
     }
 
 
@@ -171,7 +173,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "here); otherwise each has its own, as with seeds")
     parser.add_argument("--vectorize", default="auto", choices=["auto", "vmap", "unroll"],
                         help="with --runs: config.runs.vectorize")
+    parser.add_argument("--xla-option", action="append", default=[], type=_xla_option, metavar="NAME=VALUE",
+                        help="an XLA option for compiling the train step (repeatable), e.g. xla_gpu_autotune_level=0")
     return parser.parse_args(argv)
+
+
+def _xla_option(text: str) -> tuple[str, bool | int | float | str]:
+    """`NAME=VALUE` -> (NAME, VALUE as a bool, int or float where it reads as one)."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: write an XLA option as NAME=VALUE")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 def main() -> None:

@@ -147,8 +147,10 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     assert (original["teacher"], original["student"], original["batch_size"], original["device"]) == (
         "resnet20", "resnet20", 8, "cpu")
     assert original["trainer_images_per_sec"] > 0 and original["step_images_per_sec"] > 0
-    settings = [(r["batch_size"], r["dtype"], r["teacher_batch_norm_folded"]) for r in result["throughput"]]
-    assert settings == [(8, "float32", True), (16, "bfloat16", True), (8, "float32", False)]
+    settings = [(r["batch_size"], r["dtype"], r["teacher_batch_norm_folded"], r["compiler_options"])
+                for r in result["throughput"]]
+    assert settings == [(8, "float32", True, {}), (8, "float32", True, {"xla_cpu_use_fusion_emitters": False}),
+                        (16, "bfloat16", True, {}), (8, "float32", False, {})]
     for r in result["throughput"] + result["runs"]:  # throughput.py's figures
         assert r["train_images_per_sec"] > 0 and r["train_step_flops"] > 0 and r["train_step_memory_mib"] > 0
         # Consistent figures: an eval step (the student's forward pass) is faster than a train
@@ -178,7 +180,24 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     assert rows[4].split()[:7] == ["resnet8", "->", "resnet8", "8", "float32", "folded",
                                    f"{first['train_images_per_sec']:.0f}"]
     assert rows[4].split()[7] == f"{first['train_images_per_sec'] / 100.0:.2f}"
-    assert rows[5].split()[7] == "-"  # batch 16: the original was not measured there
+    assert "folded, xla_cpu_use_fusion_emitters=False" in rows[5]  # a row compiled with an XLA option
+    assert rows[6].split()[7] == "-"  # batch 16: the original was not measured there
+
+
+def test_throughput_compiles_the_step_with_the_xla_options_given(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("throughput")
+    args = script.parse_args(["--xla-option=xla_gpu_autotune_level=0", "--xla-option=xla_gpu_deterministic_ops=true",
+                              "--xla-option=xla_dump_to=/tmp/x", "--xla-option=ratio=0.5"])
+    assert args.xla_option == [("xla_gpu_autotune_level", 0), ("xla_gpu_deterministic_ops", True),
+                               ("xla_dump_to", "/tmp/x"), ("ratio", 0.5)]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--xla-option=xla_gpu_autotune_level"])
+    # The options reach XLA's compile of the train step: an unknown one is refused there.
+    args = script.parse_args(["--student=resnet8", "--method=vanilla", "--batch-size=8",
+                              "--xla-option=xla_no_such_option=1"])
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        script.run(args)
 
 
 def test_device_suite_can_leave_the_cpus_grouped_convolutions_to_xla(monkeypatch):
