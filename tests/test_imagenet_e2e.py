@@ -12,17 +12,20 @@ from test_data import write_imagenet_folder
 
 
 @pytest.mark.parametrize(
-    "config_file, method_terms",
+    "config_file, method_terms, networks",
     [
-        ("imagenet_res34_res18.py", {"train_loss_ce", "train_loss_cat"}),
-        ("imagenet_res50_mobilenet.py", {"train_loss_ce", "train_loss_cat"}),
-        ("imagenet_kd_res34_res18.py", {"train_loss_ce", "train_loss_kd"}),
+        ("imagenet_res34_res18.py", {"train_loss_ce", "train_loss_cat"}, {}),
+        ("imagenet_res50_mobilenet.py", {"train_loss_ce", "train_loss_cat"}, {}),
+        # The KD config's method on the same data and teacher path; its networks are the first
+        # case's, so resnet8s spare compiling them again.
+        ("imagenet_kd_res34_res18.py", {"train_loss_ce", "train_loss_kd"},
+         {"teacher.arch": "resnet8", "student.arch": "resnet8"}),
     ],
 )
-def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_terms, tmp_path, capsys):
+def test_imagenet_config_trains_end_to_end_on_mock_data(config_file, method_terms, networks, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     write_imagenet_folder(tmp_path / "data")  # 8 classes of tiny JPEGs, ImageNet folder layout
-    config = config_files.load_config(REPO_ROOT / "configs" / config_file)
+    config = config_files.with_values(config_files.load_config(REPO_ROOT / "configs" / config_file), networks)
     teacher = create_model(config.teacher.arch, num_classes=8)
     variables = random_variables(teacher, (64, 64, 3))
     teacher_pth = tmp_path / "teacher.pth"  # a bare state dict, as torchvision publishes them
