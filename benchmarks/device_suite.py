@@ -94,11 +94,13 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 class Recorder:
     """Runs the suite's measurements while its budget of wall-clock seconds lasts, and keeps what
-    each gave (or that it was skipped, or its error) in `result`, written to `out` after each."""
+    each gave (or that it was skipped, or its error) in `result`, written to `out` at the start
+    and after each measurement."""
 
     def __init__(self, result: dict, seconds: float, out: pathlib.Path):
         self.result, self.out = result, out
         self.deadline = time.monotonic() + seconds
+        self._save()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -118,6 +120,9 @@ class Recorder:
                 if isinstance(measured, dict):
                     measured["seconds"] = time.monotonic() - started
                 keep(measured)
+        self._save()
+
+    def _save(self) -> None:
         self.out.write_text(json.dumps(self.result, indent=1))
 
 
@@ -151,9 +156,14 @@ def grouped_convolutions_decomposed_on(platforms: Sequence[str]) -> Iterator[Non
         yield
 
 
-def _decomposed_throughput(args: argparse.Namespace) -> dict:
+def _decomposed_throughput(teacher: str, student: str, args: argparse.Namespace) -> dict:
     with grouped_convolutions_decomposed_on(EVERY_PLATFORM):
-        return dict(_throughput("wrn_40_2", "ShuffleV1", 64, "float32", True, args), grouped_convolutions="decomposed")
+        return dict(_throughput(teacher, student, 64, "float32", True, args), grouped_convolutions="decomposed")
+
+
+def _setting_name(teacher: str, student: str, batch: int, dtype: str, folded: bool, *variant: str) -> str:
+    """A part-1 measurement's name in the skipped and failed lists."""
+    return ", ".join([f"{teacher}->{student} batch {batch} {dtype} {'folded' if folded else 'unfolded'}", *variant])
 
 
 def throughput_settings(args: argparse.Namespace) -> tuple[list, list, list]:
@@ -226,7 +236,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def throughput_part(settings: list) -> None:
         for teacher, student, batch, dtype, folded in settings if "throughput" in args.parts else ():
-            recorder.measure(f"{teacher}->{student} batch {batch} {dtype} {'folded' if folded else 'unfolded'}",
+            recorder.measure(_setting_name(teacher, student, batch, dtype, folded),
                              functools.partial(_throughput, teacher, student, batch, dtype, folded, args),
                              result["throughput"].append)
 
@@ -236,8 +246,9 @@ def run(args: argparse.Namespace) -> dict:
         recorder.measure("reference", functools.partial(reference, args), result["reference"].extend)
     throughput_part(bfloat16)
     if not args.tiny and "throughput" in args.parts:  # the tiny pair has no grouped convolutions
-        recorder.measure("wrn_40_2->ShuffleV1 batch 64 float32 folded, grouped convolutions decomposed",
-                         functools.partial(_decomposed_throughput, args), result["throughput"].append)
+        teacher, student = PAIRS[-1]  # ShuffleV1: grouped 1x1 and depthwise convolutions
+        recorder.measure(_setting_name(teacher, student, 64, "float32", True, "grouped convolutions decomposed"),
+                         functools.partial(_decomposed_throughput, teacher, student, args), result["throughput"].append)
     teacher, student = ("resnet8", "resnet8") if args.tiny else PAIRS[0]
     batch = 8 if args.tiny else 64
     seeds = 2 if args.tiny else 5
@@ -251,7 +262,7 @@ def run(args: argparse.Namespace) -> dict:
                              functools.partial(result.__setitem__, "real_data"))
     teacher, student, batch, dtype, folded = float32[0]
     for options in (TINY_XLA_OPTION_VARIANTS if args.tiny else XLA_OPTION_VARIANTS) if "throughput" in args.parts else ():
-        recorder.measure(f"{teacher}->{student} batch {batch} {dtype} folded, {_describe(options)}",
+        recorder.measure(_setting_name(teacher, student, batch, dtype, folded, _describe(options)),
                          functools.partial(_throughput, teacher, student, batch, dtype, folded, args, xla_options=options),
                          result["throughput"].append)
     throughput_part(rest)
@@ -361,9 +372,7 @@ def main() -> None:
     if args.prepare_data:
         print(json.dumps(prepare_data(*args.prepare_data, args.train_size, args.test_size)))
         return
-    result = run(args)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(tables(result))
+    print(tables(run(args)))
 
 
 if __name__ == "__main__":

@@ -78,10 +78,9 @@ def _distiller(teacher: str | None, student: str) -> torch.nn.Module:
     return CAT_KD(networks[1], networks[0], _reference_config())
 
 
-def measure(code: pathlib.Path, teacher: str | None, student: str, batch_size: int, steps: int, warmup: int) -> dict:
+def measure(teacher: str | None, student: str, batch_size: int, steps: int, warmup: int) -> dict:
     """Images/s of the original train step of CAT-KD from `teacher` (or of a vanilla `student`
-    when `teacher` is None); see the module docstring."""
-    sys.path.insert(0, str(code))
+    when `teacher` is None), with the original's `mdistiller` importable; see the module docstring."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
@@ -139,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    results = [measure(args.code, teacher, student, args.batch_size, args.steps, args.warmup)
+    sys.path.insert(0, str(args.code))  # where `mdistiller` is imported from
+    results = [measure(teacher, student, args.batch_size, args.steps, args.warmup)
                for teacher, student in args.pairs]
     if args.json:
         print(json.dumps(results))
