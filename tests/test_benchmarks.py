@@ -220,6 +220,15 @@ def test_device_suite_can_leave_the_cpus_grouped_convolutions_to_xla(monkeypatch
     assert grouped_convolutions_in_program() == set()  # as before: decomposed on this CPU
 
 
+def test_device_suite_reports_why_the_original_code_could_not_run(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("device_suite")
+    args = script.parse_args(["--tiny", f"--reference-code={tmp_path}"])  # a folder without the code
+    with pytest.raises(RuntimeError, match=r"reference_step.py exited with 2: .*no mdistiller/distillers/CAT_KD.py "
+                                           r"there; give the folder that holds the original CAT-KD code"):
+        script.reference(args)
+
+
 def test_device_suite_keeps_going_past_a_failure_and_stops_starting_when_the_budget_is_spent(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     script = _script("device_suite")
