@@ -119,6 +119,7 @@ def main() -> None:
     print("\n".join(lines))
     (workdir / "summary.json").write_text(json.dumps(dict(scale=args.scale, settings=scale, seeds=args.seeds,
                                                           results=rows), indent=2) + "\n")
+    print(f"Wrote {workdir / 'summary.json'} (the runs: {workdir})")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ class Recorder:
         self._save()
 
     def _save(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps(self.result, indent=1))
 
 
@@ -349,7 +350,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=pathlib.Path, help="an .npz for part 4 (see --prepare-data)")
     parser.add_argument("--reference-code", type=pathlib.Path,
                         help="for part 2: the folder that holds the original CAT-KD code's mdistiller package")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("device_suite.json"))
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "device_suite.json",
+                        help="the JSON result, rewritten after each measurement (runs/ is ignored by git)")
     parser.add_argument("--budget-seconds", type=float, default=420.0, help="no measurement starts after this")
     parser.add_argument("--parts", type=lambda text: text.split(","), default=list(PARTS),
                         help=f"comma-separated parts to run, of {','.join(PARTS)}")
@@ -373,6 +375,7 @@ def main() -> None:
         print(json.dumps(prepare_data(*args.prepare_data, args.train_size, args.test_size)))
         return
     print(tables(run(args)))
+    print(f"Wrote {args.out}")
 
 
 if __name__ == "__main__":

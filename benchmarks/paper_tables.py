@@ -7,12 +7,13 @@ Each table is a few training programs built from the configs in configs/: the se
 train together as one multi-run program (`config.runs.seeds`), and a beta table's rows as one
 sweep (`config.runs.sweep`), per column. A teacher not given with --teacher ARCH=CHECKPOINT (a
 workdir, model directory or published .pth) is first trained once, with
-configs/cifar100_teacher_<ARCH>.py, into DIR/teachers/<ARCH>. Re-running the same command
-resumes every program where it stopped.
+configs/cifar100_teacher_<ARCH>.py, into DIR/teachers/<ARCH>. DIR is runs/paper_tables/<TABLE>
+by default (runs/ is ignored by git). Re-running the same command resumes every program where
+it stopped.
 
 The paper's numbers come from ../shared/reference/paper_tables.md beside the repository, or
 from its copy docs/paper_tables.md. The output is a markdown table (printed, and written to
-FILE, default DIR/table_<TABLE>.md): for each cell, the paper's top-1 accuracy, ours as the
+FILE, default DIR/table_<TABLE>.md, named on stderr): for each cell, the paper's top-1 accuracy, ours as the
 mean ± sample std over the seeds of each run's best test accuracy, and their difference.
 
 --scale full trains the configs as they are: CIFAR-100 from TFDS (prepared), 240 epochs; that
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import pathlib
 import re
+import sys
 from typing import Any, Optional
 
 from catkd_jax import config_files, runs, training
@@ -188,6 +190,7 @@ def run(args: argparse.Namespace) -> str:
     out = args.out or args.workdir / f"table_{args.table}.md"
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(out).write_text(markdown)
+    print(f"Wrote {out} (the runs: {args.workdir})", file=sys.stderr)
     return markdown
 
 
@@ -205,13 +208,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", default="full", choices=["full", "tiny"])
     parser.add_argument("--teacher", type=_teacher_checkpoint, action="append", default=[],
                         help="ARCH=CHECKPOINT of a teacher (repeatable); others are trained first")
-    parser.add_argument("--workdir", type=pathlib.Path, default=None, help="default: paper_tables/<TABLE>")
+    parser.add_argument("--workdir", type=pathlib.Path, default=None, help="default: runs/paper_tables/<TABLE>")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="default: <workdir>/table_<TABLE>.md")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     args.teacher = dict(args.teacher)
-    args.workdir = args.workdir or pathlib.Path("paper_tables") / args.table
+    args.workdir = args.workdir or pathlib.Path("runs") / "paper_tables" / args.table
     return args
 
 

@@ -258,7 +258,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) -> tuple[dict, dict]:
+def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None, setting: str) -> tuple[dict, dict]:
     with ocp.CheckpointManager(
         manager_dir, options=ocp.CheckpointManagerOptions(create=False), item_names=_ITEMS
     ) as manager:
@@ -275,11 +275,23 @@ def _restore_training_checkpoint(manager_dir: pathlib.Path, step: int | None) ->
             failure = _first_line(error)  # only its text leaves, not the failed read's frames
         if failure is not None:
             others = [str(manager_dir / str(other)) for other in manager.all_steps() if other != step]
-            where = f"the other steps: {', '.join(others)}" if others else "none is left"
+            remedy = (f"Point {setting} at another step ({', '.join(others)}) or restore it from a copy" if others
+                      else "Restore it from a copy (no other step is kept)")
             raise InputError(f"checkpoint step {step} in {manager_dir} cannot be read ({failure}); it is damaged. "
-                             f"Evaluate another step ({where}) or restore it from a copy")
+                             f"{remedy}")
     variables = {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
     return variables, dict(restored.meta)
+
+
+def _not_a_network(directory: pathlib.Path, setting: str) -> str:
+    """Why `directory` is no network; a directory of several runs (a multi-run workdir, the
+    quickstart's) lists them."""
+    networks = sorted(str(path.parent.relative_to(directory))
+                      for path in (*directory.glob("*/checkpoints"), *directory.glob("*/*/checkpoints")))
+    if networks:
+        return (f"{directory} holds several networks: {', '.join(networks)}; point {setting} at one of them, "
+                f"e.g. {directory / networks[0]}")
+    return f"{directory} is neither a workdir, a checkpoint directory, a model directory nor a .pth"
 
 
 def load_variables(
@@ -287,12 +299,18 @@ def load_variables(
     *,
     arch: str | None = None,
     num_classes: int | None = None,
+    setting: str = "--checkpoint",
+    classifier_bias: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A network's `{"params", "batch_stats"}` and info (`arch`, `num_classes`) from `path`.
 
     `path` may be a workdir, a checkpoint manager directory, one step directory, a model
     directory or a `.pth` file (which needs `arch` and `num_classes`). With `arch` or
     `num_classes` given, a checkpoint of another architecture or class count is refused.
+    `setting` is what the user set `path` with, for the remedy of a damaged checkpoint.
+    A `.pth` of the CAM-head layout (no classifier bias) is read as it is with
+    `classifier_bias=False`, else with a zero bias, which gives the same logits; one of the plain
+    layout keeps its bias either way.
     """
     source = pathlib.Path(path).absolute()
     if source.suffix == ".pth":
@@ -300,22 +318,21 @@ def load_variables(
             raise ValueError(f"reading {source} needs the architecture and class count")
         arch = canonical_name(arch)
         state_dict = convert.load_torch_checkpoint(source)
-        variables = convert.from_torch_state_dict(state_dict, arch, num_classes)
+        keep_bias = classifier_bias or not convert.has_cam_head(state_dict)
+        variables = convert.from_torch_state_dict(state_dict, arch, num_classes, keep_bias)
         return variables, {"arch": arch, "num_classes": num_classes}
     if not source.exists():
         raise MissingInputError(f"no checkpoint at {source}")
     if (source / "model.json").is_file():
         variables, info = load_model(source)
     elif (source / "checkpoints").is_dir():
-        variables, info = _restore_training_checkpoint(source / "checkpoints", None)
+        variables, info = _restore_training_checkpoint(source / "checkpoints", None, setting)
     elif (source / "state").is_dir() and source.name.isdigit():
-        variables, info = _restore_training_checkpoint(source.parent, int(source.name))
+        variables, info = _restore_training_checkpoint(source.parent, int(source.name), setting)
     elif any(child.name.isdigit() for child in source.iterdir()):
-        variables, info = _restore_training_checkpoint(source, None)
+        variables, info = _restore_training_checkpoint(source, None, setting)
     else:
-        raise MissingInputError(
-            f"{source} is neither a workdir, a checkpoint directory, a model directory nor a .pth"
-        )
+        raise MissingInputError(_not_a_network(source, setting))
     expected = {"arch": arch and canonical_name(arch), "num_classes": num_classes}
     for key, want in expected.items():
         if want is not None and info[key] != want:

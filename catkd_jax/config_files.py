@@ -1,8 +1,9 @@
 """Config files: Python files with a `get_config()`, read by path (they are not a package).
 
 An experiment file builds on `catkd_jax.default_config` or on another config file beside it
-(`sibling(__file__, "cifar100_cat_res32x4_res32x4")`), so config files work from any
-directory, the repository's or a copy, installed package or not.
+(`sibling(__file__, "cifar100_cat_res32x4_res32x4")`), and names other config files by their
+place beside it (`teacher.config = beside(__file__, "cifar100_teacher_resnet32x4.py")`), so
+config files work from any directory, the repository's or a copy, installed package or not.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ def sibling(file: str | os.PathLike, name: str) -> types.ModuleType:
     return load_module(pathlib.Path(file).resolve().with_name(f"{name}.py"))
 
 
+def beside(file: str | os.PathLike, name: str) -> str:
+    """The absolute path of the file `name` in the directory of `file` (a config's `__file__`),
+    for a config field that names another config file."""
+    return str(pathlib.Path(file).resolve().with_name(name))
+
+
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of the config file at `path`; a relative path not found from the working
-    directory is tried from the repository root (a config's `teacher.config`, "configs/...")."""
-    path = pathlib.Path(path)
-    if not path.is_file() and not path.is_absolute():
-        path = pathlib.Path(__file__).resolve().parents[1] / path
+    """`get_config()` of the config file at `path` (a relative path: from the working directory)."""
     return load_module(path).get_config()
 
 

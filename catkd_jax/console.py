@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence
@@ -32,6 +33,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(cells[i]) for cells in lines if i < len(cells)) for i in range(len(header))]
     render = lambda cells: "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
     return "\n".join([render(lines[0]), "-" * len(render(lines[0])), *map(render, lines[1:])])
+
+
+# What libraries print as they start, which would otherwise come before the command's own lines
+# (an error included): C++ INFO logs ("I0000 00:00:1796003875.358 15128 port.cc:153] oneDNN ..."),
+# absl's note before its logging starts, the CPU-feature note's second line, and the CUDA
+# plugins' double registration that a TensorFlow and a JAX in one process report.
+_START_UP_LINE = re.compile(
+    r"I\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: "
+    r"|.*(Unable to register cu\w+ factory|TF-TRT Warning: Could not find TensorRT)")
+
+
+def is_start_up_line(line: str) -> bool:
+    """Whether a stderr line is a library's start-up note (`_START_UP_LINE`), not news."""
+    return _START_UP_LINE.match(line) is not None
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 Defaults are the CIFAR-100 recipe of the CAT-KD paper for resnet32x4 -> resnet8x4
 (the original `configs/cifar100/CAT_KD/res32x4_res8x4.yaml`). Any field can be overridden on
 the command line: `python main.py --config configs/default.py --config.cat_kd.beta=10`.
+The values a field may take (names, counts, lists of seeds or epochs) are checked before a
+command writes anything, in one place: catkd_jax/validation.py.
 """
 
 import ml_collections
@@ -38,7 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     # student.arch set to teacher.arch, its data section replaced by this config's) into
     # `<workdir>/teacher`, then distil from it (and reuse it when the command is re-run).
     config.teacher.train_if_missing = False
-    config.teacher.config = "configs/cifar100_teacher_resnet32x4.py"
+    # The teacher's config file; config files name the one beside them (config_files.beside), a
+    # path given on the command line is from the working directory. '' with train_if_missing: refused.
+    config.teacher.config = ""
     config.teacher.num_epochs = 0  # with train_if_missing: the teacher's epochs (0 = its config's)
     # Run the frozen teacher with its BatchNorms folded into the convolutions: the same function
     # (to ~1e-6 relative), faster; False runs the network exactly as saved.
@@ -114,6 +118,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dir = ""  # TFDS data_dir ('' = TFDS's default) or the folder root (train/, test/)
     config.data.reserved_classes = 0  # train on the first k classes only (0 = all)
     config.data.reserved_rate = 1.0  # keep the first rate * n training images of each class
+    # False (the original's DataLoader, no drop_last): an epoch sees every training image once,
+    # the images after the last full batch making a smaller last batch (CIFAR-100 at batch 64:
+    # 782 steps, the last of 16 images); the jitted step compiles once more for its shape. Over
+    # several devices that batch is cut to a multiple of the device count so it splits evenly,
+    # and the few images cut (the last of each epoch's shuffled order) sit that epoch out, as
+    # the log says once. True: those images sit every epoch out and every batch holds
+    # batch_size (781 steps): one compiled step, fixed shapes.
+    config.data.drop_remainder = False
     # Training augmentation of the in-memory (CIFAR-style) sources: 'crop_flip' (pad 4, random
     # crop, random flip: the recipe) or 'trivial_augment' (the same, then torchvision's
     # TrivialAugmentWide: the paper's strong ResNet32x4 teacher of Table 4).

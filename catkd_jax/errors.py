@@ -28,3 +28,7 @@ class InputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """An input (data, a checkpoint, a config file) that is not where the settings point."""
+
+
+class DivergedError(UserError, FloatingPointError):
+    """A training loss that became NaN or infinite: an expected end of a run, not a crash."""

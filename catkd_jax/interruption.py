@@ -7,6 +7,10 @@ the training loop finishes its current step, saves a checkpoint at that step and
 Several processes must stop at the same step. There, JAX's preemption service owns SIGTERM (it
 spreads the notice to every process and picks a step all of them reach); SIGINT is forwarded to
 it as a SIGTERM, and `should_stop(step)` is JAX's `reached_preemption_sync_point`.
+
+Outside the training loop the command line ends the process at once on these signals
+(`catkd_jax.cli`), and catches `Interrupted` before JAX is imported: so this module imports JAX
+only where it is used.
 """
 
 from __future__ import annotations
@@ -16,9 +20,6 @@ import signal
 import threading
 import types
 from typing import Any
-
-import jax
-from jax.experimental import multihost_utils
 
 
 class Interrupted(Exception):
@@ -40,6 +41,8 @@ class StopRequests:
     def __init__(self) -> None:
         self.signal_number: int | None = None
         self._previous: dict[int, Any] = {}
+        import jax  # pylint: disable=import-outside-toplevel; see the module docstring
+
         self._multi_process = jax.process_count() > 1
 
     def __enter__(self) -> "StopRequests":
@@ -65,6 +68,8 @@ class StopRequests:
     def should_stop(self, step: int) -> bool:
         """Whether to stop after global step `step`; every process calls it at every step."""
         if self._multi_process:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signal_number = self.signal_number or signal.SIGTERM
                 return True

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import time
 from typing import Any, Iterable
 
@@ -42,7 +43,7 @@ import optax
 from catkd_jax import console, outputs, runs, sharding, training
 from catkd_jax.data import DATASETS, SHAPES_CLASSES, create_source
 from catkd_jax.types import Variables
-from catkd_jax.errors import ConfigError, InputError
+from catkd_jax.errors import ConfigError, InputError, UserError
 
 
 RESULT_FILE = "linear_probe.json"
@@ -71,6 +72,15 @@ def probe_source_config(config: ml_collections.ConfigDict) -> ml_collections.Con
         probe_config.data = data
         probe_config.batch_size = config.probe.batch_size
     return probe_config
+
+
+def probe_source(config: ml_collections.ConfigDict):
+    """The data source of `config.probe.data` (`probe_source_config`); an error in it names the
+    probe's fields (`--config.probe.data.dir`), which the user sets, not the training data's."""
+    try:
+        return create_source(probe_source_config(config))
+    except UserError as error:
+        raise type(error)(re.sub(r"(?<![\w.])((?:--)?(?:config\.)?)data\.", r"\1probe.data.", str(error))) from error
 
 
 # --- Features ------------------------------------------------------------------------------
@@ -354,7 +364,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdi
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     model, variables, info = load_frozen_network(config, checkpoint)  # before the (slower) data
-    source = create_source(probe_source_config(config))
+    source = probe_source(config)
     image_size = int(config.probe.data.get("image_size", 0) or 0)
 
     started = time.time()

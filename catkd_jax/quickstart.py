@@ -7,8 +7,9 @@ teacher on the embedded 'shapes' data, then one vanilla and one CAT-KD student p
 reduced-data setting (its Figure 7, left). Every network is evaluated on its seed's test set
 for accuracy and CAM localisation (the share of test images whose true-class CAM peaks inside
 the object's box). It prints mean ± std over the seeds and the CAT-KD − vanilla difference
-paired by seed, writes every seed's numbers to `workdir/summary.json` and draws one network of
-each kind into `workdir/cams.png`.
+paired by seed, writes every seed's numbers and the config to `workdir/summary.json` and draws
+one network of each kind into `workdir/cams.png`. Those two are not replaced by the results of
+another config unless asked (`replace_results`, main.py's `--replace_results`).
 """
 
 from __future__ import annotations
@@ -17,21 +18,26 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import config_files, runs, training, visualize
+from catkd_jax import config_files, default_config, outputs, record, runs, training, validation, visualize
 from catkd_jax.console import format_table
 from catkd_jax.data import DataSource, create_source
-from catkd_jax.errors import ConfigError
+from catkd_jax.errors import ConfigError, UserError
 
 # The figure: few images, only each network's true-class CAM, so it reads at screen width.
 _FIGURE_IMAGES = 4
 # Each seed's numbers, and the decimals the table shows them with.
 _METRICS = {"best_test_acc": 2, "final_test_acc": 2, "cam_localization": 1}
+# Fields the quickstart does not read (it trains its own teacher, then a vanilla and a CAT-KD
+# student per seed): another value than the default would be ignored without a word.
+_UNREAD_FIELDS = ("method", "teacher.checkpoint", "teacher.train_if_missing", "runs.sweep")
+# Fields that cannot change the quickstart's results (its summary.json and cams.png).
+_RESULT_NEUTRAL_FIELDS = ("eval_batch_size", "log_every_steps", "checkpoint.", "probe.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +88,8 @@ def _networks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
     # The students' learning-rate schedule, scaled to the teacher's epochs.
     teacher_decay = tuple(max(1, round(epoch * teacher_epochs / config.num_epochs)) for epoch in config.optim.decay_epochs)
     teacher = _variant(config, method="vanilla", **{
-        "student.arch": config.teacher.arch, "student.classifier_bias": True, "runs.seeds": (),
-        "data.reserved_rate": 1.0, "num_epochs": teacher_epochs, "optim.decay_epochs": teacher_decay})
+        "student.arch": config.teacher.arch, "student.classifier_bias": True, "student.init_checkpoint": "",
+        "runs.seeds": (), "data.reserved_rate": 1.0, "num_epochs": teacher_epochs, "optim.decay_epochs": teacher_decay})
     vanilla = _variant(config, method="vanilla", **{"student.classifier_bias": True})
     cat_kd = _variant(config, method="cat_kd", **{"teacher.checkpoint": str(teacher_dir)})
     return [
@@ -93,9 +99,9 @@ def _networks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
     ]
 
 
-def _train(network: _Network) -> list[dict[str, Any]]:
+def _train(network: _Network, allow_changes: Sequence[str]) -> list[dict[str, Any]]:
     """Trains `network`'s runs; returns each run's seed, accuracies and CAM localisation."""
-    summary = training.train_and_evaluate(network.config, network.workdir)
+    summary = training.train_and_evaluate(network.config, network.workdir, allow_changes)
     plan = runs.plan_runs(network.config)
     results = summary["runs"] if plan.multiple else [summary]
     return [
@@ -118,24 +124,62 @@ def _paired_difference(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for key in _METRICS}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains and compares the teacher, vanilla students and CAT-KD students; returns the table."""
-    _source_with_boxes(config)  # fail before training, not after
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    validation.check_config(config)
+    values, defaults = record.flat_fields(config), record.flat_fields(default_config.get_config())
+    for field in _UNREAD_FIELDS:
+        if values.get(field, defaults[field]) != defaults[field]:
+            raise ConfigError(
+                f"config.{field}={values[field]!r} is not used by the quickstart, which trains its own teacher, then "
+                f"a vanilla and a CAT-KD student per seed of runs.seeds; leave it at {defaults[field]!r}, or set "
+                "config.pipeline='single' to train one network as the config says"
+            )
+
+
+def _check_results(config: ml_collections.ConfigDict, summary_path: pathlib.Path, replace_results: bool) -> None:
+    """Refuses to replace the results of another config at `summary_path` unless `replace_results`."""
+    if replace_results or not summary_path.is_file():
+        return
+    recorded = json.loads(summary_path.read_text()).get("config")
+    if recorded is None:  # a summary from before the config was kept in it
+        return
+    changes = record.changed_fields(recorded, config, _RESULT_NEUTRAL_FIELDS)
+    if changes:
+        listing = ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items())
+        raise UserError(
+            f"{summary_path.parent} holds the quickstart results (summary.json, cams.png) of another config "
+            f"({listing}); use another --workdir, or pass --replace_results to replace them"
+        )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, allow_changes: Sequence[str] = (),
+        replace_results: bool = False) -> dict[str, Any]:
+    """Trains and compares the teacher, vanilla students and CAT-KD students; returns the table.
+
+    The networks resume from `workdir` as `training.train_and_evaluate` does (with
+    `allow_changes`); results of another config there are refused unless `replace_results`.
+    """
+    _check_config(config)
     workdir = pathlib.Path(workdir)
+    summary_path, figure_path = workdir / "summary.json", workdir / "cams.png"
+    _check_results(config, summary_path, replace_results)
+    replaced = {path: outputs.check_writable(path) for path in (summary_path, figure_path)}
+    _source_with_boxes(config)  # fail before training, not after
     networks = _networks(config, workdir)
     rows = []
     for network in networks:
         seeds = [run.seed for run in runs.plan_runs(network.config).runs]
         print(f"--- {network.name}: {network.arch}, {network.config.method}, {network.config.num_epochs} epochs, "
               f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} -> {network.workdir}")
-        rows.append(_row(network, _train(network)))
+        rows.append(_row(network, _train(network, allow_changes)))
     difference = _paired_difference(rows)
-    figure = _cam_figure(config, networks, workdir / "cams.png")
+    figure = _cam_figure(config, networks, figure_path)
     table = _format_table(rows, difference)
     print(table)
-    print(f"CAM figure: {figure}")
-    result = dict(rows=rows, difference=difference, figure=str(figure), table=table)
-    (workdir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"CAM figure: {figure}{outputs.replaced_note(figure, replaced[figure_path])}")
+    result = dict(rows=rows, difference=difference, figure=str(figure), table=table, config=record.as_json(config))
+    summary_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Summary: {summary_path}{outputs.replaced_note(summary_path, replaced[summary_path])}")
     return result
 
 

@@ -1,16 +1,17 @@
 """CIFAR-100 CAT only (CE weight 0), resnet32x4 -> resnet32x4 (paper's CAT-without-CE study)."""
 
+from catkd_jax import config_files
 from catkd_jax import default_config as default
 
 
 def get_config():
     config = default.get_config()
     # "CAT": class attention transfer alone, without cross-entropy. Numbers: the CAT-only
-    # studies of shared/reference/original_settings.md (CE weight 0, normalize, r 2).
+    # studies of docs/original_settings.md (CE weight 0, normalize, r 2).
     config.method = "cat_kd"
     config.student.arch = "resnet32x4"  # CAM-head student: classifier_bias False (default)
     config.teacher.arch = "resnet32x4"
-    config.teacher.config = "configs/cifar100_teacher_resnet32x4.py"
+    config.teacher.config = config_files.beside(__file__, "cifar100_teacher_resnet32x4.py")
     config.cat_kd.ce_weight = 0.0  # onlyCAT
     config.cat_kd.normalize = True
     config.cat_kd.resolution = 2

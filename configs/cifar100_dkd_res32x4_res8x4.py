@@ -1,5 +1,6 @@
 """CIFAR-100 DKD baseline, resnet32x4 -> resnet8x4 (a comparison row of the paper)."""
 
+from catkd_jax import config_files
 from catkd_jax import default_config as default
 
 
@@ -11,7 +12,7 @@ def get_config():
     config.student.arch = "resnet8x4"
     config.student.classifier_bias = True  # DKD students keep the biased linear classifier
     config.teacher.arch = "resnet32x4"
-    config.teacher.config = "configs/cifar100_teacher_resnet32x4.py"
+    config.teacher.config = config_files.beside(__file__, "cifar100_teacher_resnet32x4.py")
     config.optim.lr = 0.05
     config.dkd.alpha = 1.0  # weight of target-class KD (TCKD)
     config.dkd.beta = 8.0  # weight of non-target-class KD (NCKD), the resnet32x4 pair's value

@@ -12,5 +12,5 @@ pair = config_files.sibling(__file__, "cifar100_res32x4_res8x4")
 
 def get_config():
     config = pair.get_config()
-    config.teacher.config = "configs/cifar100_teacher_resnet32x4_trivial_augment.py"
+    config.teacher.config = config_files.beside(__file__, "cifar100_teacher_resnet32x4_trivial_augment.py")
     return config

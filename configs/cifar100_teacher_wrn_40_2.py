@@ -6,7 +6,7 @@ from catkd_jax import default_config as default
 def get_config():
     config = default.get_config()
     # Cross-entropy only, with the 240-epoch SGD recipe of the default (the recipe of
-    # shared/reference/original_settings.md and of the mdistiller toolbox's teachers).
+    # docs/original_settings.md and of the mdistiller toolbox's teachers).
     config.method = "vanilla"
     config.student.arch = "wrn_40_2"
     config.student.classifier_bias = True  # published teachers have a biased linear classifier

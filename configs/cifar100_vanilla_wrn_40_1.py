@@ -6,7 +6,7 @@ from catkd_jax import default_config as default
 def get_config():
     config = default.get_config()
     # Cross-entropy only, with the 240-epoch SGD recipe of the default (the recipe of
-    # shared/reference/original_settings.md and of the mdistiller toolbox).
+    # docs/original_settings.md and of the mdistiller toolbox).
     config.method = "vanilla"
     config.student.arch = "wrn_40_1"
     config.student.classifier_bias = True  # the usual biased linear classifier

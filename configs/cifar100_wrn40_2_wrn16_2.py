@@ -1,16 +1,17 @@
 """CIFAR-100 CAT-KD, wrn_40_2 -> wrn_16_2 (paper Tables 1-2, CAT-KD row)."""
 
+from catkd_jax import config_files
 from catkd_jax import default_config as default
 
 
 def get_config():
     config = default.get_config()
     # Every number below: the original CAT-KD config of this pair (the pair table of
-    # shared/reference/original_settings.md); the rest of the SGD recipe is the default's.
+    # docs/original_settings.md); the rest of the SGD recipe is the default's.
     config.method = "cat_kd"
     config.student.arch = "wrn_16_2"  # CAM-head student: classifier_bias False (default)
     config.teacher.arch = "wrn_40_2"
-    config.teacher.config = "configs/cifar100_teacher_wrn_40_2.py"
+    config.teacher.config = config_files.beside(__file__, "cifar100_teacher_wrn_40_2.py")
     config.optim.lr = 0.05  # original config
     config.cat_kd.beta = 12.0  # CAT_loss_weight
     config.cat_kd.resolution = 2  # CAM_RESOLUTION

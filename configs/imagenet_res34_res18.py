@@ -8,6 +8,7 @@ The teacher is torchvision's published `resnet34-b627a593.pth` (73.3% top-1), im
 fly (or once with `python -m catkd_jax.convert --arch imagenet_resnet34 ...`).
 """
 
+from catkd_jax import config_files
 from catkd_jax import default_config as default
 
 
@@ -32,12 +33,12 @@ def imagenet_recipe(config):
 
 def get_config():
     config = imagenet_recipe(default.get_config())
-    # Every number below: shared/reference/original_settings.md (ImageNet line).
+    # Every number below: docs/original_settings.md (ImageNet line).
     config.method = "cat_kd"
     config.student.arch = "imagenet_resnet18"  # CAM-head student: classifier_bias False (default)
     config.teacher.arch = "imagenet_resnet34"
     config.teacher.checkpoint = "pretrained/resnet34-b627a593.pth"
-    config.teacher.config = "configs/imagenet_teacher_resnet34.py"
+    config.teacher.config = config_files.beside(__file__, "imagenet_teacher_resnet34.py")
     config.cat_kd.beta = 0.5  # CAT_loss_weight
     config.cat_kd.resolution = 4  # CAM_RESOLUTION (of the native 7x7 CAMs)
     config.cat_kd.normalize = False  # IF_NORMALIZE

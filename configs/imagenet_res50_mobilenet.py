@@ -16,13 +16,13 @@ imagenet_recipe = config_files.sibling(__file__, "imagenet_res34_res18").imagene
 
 def get_config():
     config = imagenet_recipe(default.get_config())
-    # Every number below: shared/reference/original_settings.md (ImageNet line); the SGD
+    # Every number below: docs/original_settings.md (ImageNet line); the SGD
     # recipe (lr 0.2 at batch 512, 100 epochs) is the original's for both ImageNet pairs.
     config.method = "cat_kd"
     config.student.arch = "imagenet_mobilenet_v1"
     config.teacher.arch = "imagenet_resnet50"
     config.teacher.checkpoint = "pretrained/resnet50-0676ba61.pth"
-    config.teacher.config = "configs/imagenet_teacher_resnet50.py"
+    config.teacher.config = config_files.beside(__file__, "imagenet_teacher_resnet50.py")
     config.cat_kd.beta = 10.0  # CAT_loss_weight
     config.cat_kd.resolution = 2  # CAM_RESOLUTION
     config.cat_kd.normalize = True  # IF_NORMALIZE: different teacher/student families

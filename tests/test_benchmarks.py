@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import pathlib
 import re
 import sys
 
@@ -62,11 +63,12 @@ def test_paper_tables_are_read_from_the_markdown():
     assert len(cells) == 15 and cells[("600", "ResNet32x4")] == 78.26
 
 
-def test_paper_table_a3_at_tiny_scale_sets_each_cells_mean_and_std_beside_the_paper(tmp_path):
+def test_paper_table_a3_at_tiny_scale_sets_each_cells_mean_and_std_beside_the_paper(tmp_path, capsys):
     script = _script("paper_tables")
     args = script.parse_args(["--table=A3", "--scale=tiny", "--seeds=2", f"--workdir={tmp_path}"])
     markdown = script.run(args)
     assert (tmp_path / "table_A3.md").read_text() == markdown
+    assert capsys.readouterr().err.endswith(f"Wrote {tmp_path / 'table_A3.md'} (the runs: {tmp_path})\n")
     rows = [line.strip("|").split("|") for line in markdown.splitlines() if re.match(r"\| \d", line)]
     assert len(rows) == 15  # 5 betas x 3 teachers
     _, paper = script.paper_numbers(script._read_paper_tables(), "A.3")
@@ -173,6 +175,7 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     printed = capsys.readouterr().out
     assert "resnet8 -> resnet8" in printed and "two runs bit-identical: True" in printed
     assert "the original PyTorch code" in printed and "resnet20 -> resnet20" in printed
+    assert printed.endswith(f"Wrote {tmp_path / 'suite.json'}\n")
     # A throughput row is divided by the original's rate for its pair and batch, where measured.
     faster = dict(original, teacher="resnet8", student="resnet8", trainer_images_per_sec=100.0)
     rows = script.tables(dict(result, reference=[faster])).splitlines()
@@ -274,3 +277,10 @@ def test_every_paper_table_names_loadable_configs_teachers_and_the_papers_cells(
                 assert (REPO_ROOT / "configs" / f"cifar100_teacher_{program.teacher}.py").is_file(), program.teacher
             else:
                 assert config.method == "vanilla", (table, program.name)
+
+
+def test_benchmark_outputs_go_under_runs_which_git_ignores(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    assert _script("paper_tables").parse_args(["--table=A1"]).workdir == pathlib.Path("runs/paper_tables/A1")
+    assert _script("device_suite").parse_args([]).out == pathlib.Path("runs/device_suite.json")
+    assert "runs/" in (REPO_ROOT / ".gitignore").read_text().splitlines()

@@ -1,6 +1,6 @@
 """Experiment configs: each loads like `main.py` loads it, only overrides fields of
 `catkd_jax/default_config.py`, names real architectures and teacher configs, and the CAT-KD pairs carry
-the original settings (read from shared/reference/original_settings.md)."""
+the original settings (read from docs/original_settings.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from catkd_jax.models import canonical_name
-from conftest import shared_path
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -62,10 +61,11 @@ def test_config_names_are_valid(path):
     assert config.method in METHODS
     canonical_name(config.student.arch)  # raises ValueError on an unknown name
     teacher_arch = canonical_name(config.teacher.arch)
-    if config.method not in DISTILLATION or config.pipeline == "quickstart":
-        return  # the quickstart trains its teacher itself, from its own config
+    if config.method not in DISTILLATION or config.pipeline == "quickstart" or path.stem == "default":
+        return  # the quickstart trains its teacher itself; default.py names no teacher config
 
-    teacher_path = REPO_ROOT / config.teacher.config
+    teacher_path = pathlib.Path(config.teacher.config)
+    assert teacher_path.parent == path.resolve().parent  # beside the config, wherever it is run from
     assert teacher_path.is_file(), f"teacher.config {config.teacher.config} does not exist"
     teacher = _load(teacher_path)
     assert teacher.method == "vanilla"
@@ -75,7 +75,7 @@ def test_config_names_are_valid(path):
 
 def _original_pairs() -> list[tuple[str, str, float, float, int, bool]]:
     """The CAT-KD pair table of original_settings.md: (teacher, student, lr, beta, r, normalize)."""
-    text = shared_path("reference/original_settings.md").read_text()
+    text = (REPO_ROOT / "docs" / "original_settings.md").read_text()
     table = text.split("| teacher | student | lr | β | r | normalize |")[1].split("\n\n")[0]
     pairs = []
     for line in table.strip().splitlines()[1:]:  # after the |---| row
@@ -95,7 +95,7 @@ def test_cat_kd_pairs_match_original_settings():
         stems = [stem for stem, config in configs.items()
                  if config.method == "cat_kd" and config.cat_kd.ce_weight == 1.0
                  and (config.teacher.arch, config.student.arch) == (teacher, student)
-                 and config.teacher.config == f"configs/cifar100_teacher_{teacher}.py"]
+                 and config.teacher.config == str(REPO_ROOT / "configs" / f"cifar100_teacher_{teacher}.py")]
         assert len(stems) == 1, f"{teacher} -> {student}: CAT-KD configs {stems}, expected exactly one"
         config = configs[stems[0]]
         assert config.optim.lr == pytest.approx(lr), stems
@@ -127,3 +127,16 @@ def test_config_parses_like_main(path):
     assert config.method in METHODS
     with pytest.raises(AttributeError):  # locked: a misspelt field is an error
         config.cat_kd.betaa = 1.0
+
+
+def test_a_config_names_its_teacher_config_beside_itself_from_any_directory(tmp_path, monkeypatch):
+    from catkd_jax import config_files  # pylint: disable=import-outside-toplevel
+
+    copy = tmp_path / "my_configs"  # a copy of two configs, as outside the repository
+    copy.mkdir()
+    for name in ("cifar100_res32x4_res8x4.py", "cifar100_teacher_resnet32x4.py"):
+        (copy / name).write_text((CONFIG_DIR / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    config = config_files.load_config("my_configs/cifar100_res32x4_res8x4.py")
+    assert config.teacher.config == str(copy / "cifar100_teacher_resnet32x4.py")
+    assert config_files.load_config(config.teacher.config).student.arch == "resnet32x4"

@@ -82,6 +82,18 @@ def test_cam_head_layout_imports_with_identical_logits():
     np.testing.assert_allclose(logits_no_bias, logits_zero_bias, rtol=1e-6)
 
 
+def test_torch_arrays_name_every_leaf_as_each_layout_does():
+    plain = _random_state_dict(_spec_rows("resnet8"))
+    cam_head = {key: value for key, value in plain.items() if not key.startswith("fc.")}
+    cam_head["conv_test.weight"] = plain["fc.weight"][:, :, None, None]
+    for state_dict, classifier_bias in ((plain, True), (cam_head, False)):
+        variables = convert.from_torch_state_dict(state_dict, "resnet8", classifier_bias=classifier_bias)
+        arrays = convert.torch_arrays(variables, "resnet8", cam_head=not classifier_bias)
+        assert set(arrays) == {key for key in state_dict if not key.endswith(".num_batches_tracked")}
+        for key, array in arrays.items():
+            np.testing.assert_array_equal(array, state_dict[key], err_msg=key)
+
+
 def test_module_prefix_and_wrapped_state_dict_are_accepted(tmp_path):
     torch = pytest.importorskip("torch")
     checkpoint, _ = _parity_files("resnet8")

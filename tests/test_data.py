@@ -17,6 +17,9 @@ import pytest
 from catkd_jax import config_files, training
 from catkd_jax.data import (ArraySource, DataSource, NumpyArraySource, augment, create_source, generated,
                             reduce_training_set, save_npz, trivial_augment)
+from catkd_jax.data.cifar import load_tfds
+from catkd_jax.data.folders import load_folder
+from catkd_jax.data.npz import load_npz
 from catkd_jax.errors import MissingInputError
 from conftest import REPO_ROOT, read_metrics, shared_path
 
@@ -78,6 +81,28 @@ def _stack(batches, key):
     return np.concatenate([batch[key] for batch in batches])
 
 
+def _crop_shift(image: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """`(shift [2], flipped)` if uint8 `image` is a window of `original` zero-padded by 4
+    (mirrored if `flipped`), the shift counted from the unshifted window; else None."""
+    padded = np.pad(original, [(4, 4), (4, 4), (0, 0)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (32, 32, 3))[:, :, 0]
+    for flipped, candidate in ((False, image), (True, image[:, ::-1])):
+        matches = np.argwhere(np.all(windows == candidate, axis=(2, 3, 4)))
+        if len(matches):
+            return matches[0] - 4, flipped
+    return None
+
+
+def _example_ids(batches, images: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The data-set index of each training example of `batches`: the one example of `images`
+    `[N, 32, 32, 3]` (uint8) and `labels` `[N]` of its label that it is a crop of."""
+    ids = []
+    for image, label in zip(_to_uint8(_stack(batches, "image")), _stack(batches, "label")):
+        (match,) = [index for index in np.flatnonzero(labels == label) if _crop_shift(image, images[index])]
+        ids.append(int(match))
+    return ids
+
+
 def _write_folder(root, layout: dict[str, dict[str, list[int]]]) -> None:
     """PNG files `root/split/class/NNNN.png`, one per gray value listed (PNG is lossless)."""
     import tensorflow as tf
@@ -100,16 +125,16 @@ def test_tfds_source_batches_and_eval_counts_every_example_once():
         mock_test = tfds.load("cifar100", split="test", as_supervised=True)
         test_images, test_labels = zip(*mock_test.as_numpy_iterator())
     assert (source.num_classes, source.num_train, source.num_eval) == (100, 50, 50)
-    assert source.steps_per_epoch == 3
+    assert source.steps_per_epoch == 4  # 3 batches of 16, then one of the 2 images left
     assert source.class_names == [str(label) for label in range(100)]  # mock data has no names
 
     train = list(source.train_batches(1))
-    assert len(train) == 3
+    assert len(train) == 4
     low = (0.0 - np.array(MEAN["cifar100"])) / STD["cifar100"]  # per channel, black pixels
     high = (1.0 - np.array(MEAN["cifar100"])) / STD["cifar100"]
-    for batch in train:
-        assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.float32
-        assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
+    for batch, size in zip(train, [16, 16, 16, 2], strict=True):
+        assert batch["image"].shape == (size, 32, 32, 3) and batch["image"].dtype == np.float32
+        assert batch["label"].shape == (size,) and batch["label"].dtype == np.int32
         assert np.all((batch["label"] >= 0) & (batch["label"] < 100))
         assert np.all(batch["image"] >= low - 1e-5) and np.all(batch["image"] <= high + 1e-5)
 
@@ -120,6 +145,87 @@ def test_tfds_source_batches_and_eval_counts_every_example_once():
     assert mask.sum() == 50 and mask[:50].all()
     np.testing.assert_array_equal(_to_uint8(_stack(evals, "image")[mask]), np.stack(test_images))
     np.testing.assert_array_equal(_stack(evals, "label")[mask], test_labels)
+
+
+def _ten_examples(kind: str, directory, **settings) -> tuple[DataSource, np.ndarray, np.ndarray]:
+    """A source of `kind` holding 10 training examples, in batches of 4, with `settings`
+    (`DataSource` arguments), and its training images (uint8) and labels in data-set order."""
+    import tensorflow_datasets as tfds
+
+    if kind == "arrays":
+        images, labels = _random_images(10), np.arange(10) % 5
+        return _array_source(images, labels, batch_size=4, **settings), images, labels
+    config = _config(batch_size=4, eval_batch_size=4, data_source=kind, data_dir=str(directory),
+                     **{f"data_{name}": value for name, value in settings.items()})
+    if kind == "tfds":
+        with tfds.testing.mock_data(num_examples=10):
+            (images, labels, _, _), _ = load_tfds("cifar100", "")
+            return create_source(config), images, labels
+    if kind == "npz":
+        config.data.dir = str(directory / "data.npz")
+        if not (directory / "data.npz").exists():
+            save_npz(directory / "data.npz", (_random_images(10), np.arange(10) % 5, _random_images(4, 1),
+                                              np.arange(4)), [f"class_{k}" for k in range(5)])
+    elif not (directory / "train").exists():  # a folder: flat images, each its own grey
+        _write_folder(directory, {"train": {name: [10 * k + 10, 10 * k + 15] for k, name in enumerate("abcde")},
+                                  "test": {name: [1] for name in "abcde"}})
+    (images, labels, _, _), _ = (load_npz if kind == "npz" else load_folder)(config.data.dir)
+    return create_source(config), images, labels
+
+
+@pytest.mark.parametrize("kind", ["arrays", "npz", "tfds", "folder"])
+def test_an_epoch_serves_every_training_example_once_its_last_batch_smaller(kind, tmp_path):
+    source, images, labels = _ten_examples(kind, tmp_path)
+    assert (source.steps_per_epoch, source.last_batch_size, source.unused_per_epoch) == (3, 2, 0)
+    assert source.remainder_note() == ""
+    for epoch in (1, 2):
+        batches = list(source.train_batches(epoch))
+        assert [len(batch["label"]) for batch in batches] == [4, 4, 2]
+        assert sorted(_example_ids(batches, images, labels)) == list(range(10))
+
+
+@pytest.mark.parametrize("kind", ["arrays", "npz"])  # batched by tf.data, by numpy
+def test_drop_remainder_leaves_out_the_examples_after_the_last_full_batch(kind, tmp_path):
+    dropped, images, labels = _ten_examples(kind, tmp_path, drop_remainder=True)
+    assert (dropped.steps_per_epoch, dropped.last_batch_size, dropped.unused_per_epoch) == (2, 4, 2)
+    batches = list(dropped.train_batches(1))
+    assert [len(batch["label"]) for batch in batches] == [4, 4]
+    assert len(set(_example_ids(batches, images, labels))) == 8
+    assert dropped.remainder_note() == (
+        "2 of the 10 training images sit out each epoch (the last of its shuffled order, different ones each "
+        "epoch): config.data.drop_remainder is set, so every batch holds 4.")
+
+
+def test_the_last_batch_is_cut_to_a_multiple_of_the_devices_and_split_between_the_processes():
+    images, labels = _random_images(54), np.arange(54)  # 6 batches of 8, then 6 examples
+    source = lambda **settings: _array_source(images, labels, batch_size=8, source_class=NumpyArraySource,
+                                              **settings)
+    assert source(device_count=1).last_batch_size == 6 and source(device_count=1).remainder_note() == ""
+    whole, halves = source(device_count=4), [source(process_index=k, process_count=2, device_count=4) for k in (0, 1)]
+    assert (whole.steps_per_epoch, whole.last_batch_size, whole.unused_per_epoch) == (7, 4, 2)
+    assert whole.remainder_note() == (
+        "2 of the 54 training images sit out each epoch (the last of its shuffled order, different ones each epoch): "
+        "the 6 images after the last full batch make a last batch of 4, a multiple of the 4 devices it is split over.")
+    left_out = []
+    for epoch in (1, 2):
+        batches = list(whole.train_batches(epoch))
+        assert [len(batch["label"]) for batch in batches] == [8] * 6 + [4]
+        pairs = zip(*(half.train_batches(epoch) for half in halves), strict=True)
+        for full, (a, b) in zip(batches, pairs, strict=True):
+            assert len(a["label"]) == len(b["label"]) == len(full["label"]) // 2
+            for key in full:
+                np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
+        seen = _stack(batches, "label")
+        assert len(set(seen)) == 52
+        left_out.append(set(range(54)) - set(seen))
+    assert left_out[0] != left_out[1], "each epoch leaves out other examples"
+
+    # Fewer examples left than devices: no last batch.
+    few = _array_source(images[:50], labels[:50], batch_size=8, source_class=NumpyArraySource, device_count=4)
+    assert (few.steps_per_epoch, few.last_batch_size, few.unused_per_epoch) == (6, 8, 2)
+    assert len(list(few.train_batches(1))) == 6
+    assert few.remainder_note().endswith("the 2 images after the last full batch are fewer than the 4 devices a "
+                                         "batch is split over.")
 
 
 def test_same_seed_and_epoch_give_identical_batches():
@@ -144,18 +250,12 @@ def test_augmentation_is_a_zero_padded_shift_and_a_fair_flip_and_eval_is_untouch
     images, labels = _random_images(n), np.arange(n)
     source = _array_source(images, labels, batch_size=64, source_class=source_class)
     batches = list(source.train_batches(1))
-    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
     shifts, flips = [], []
     for image, label in zip(_to_uint8(_stack(batches, "image")), _stack(batches, "label")):
-        windows = np.lib.stride_tricks.sliding_window_view(padded[label], (32, 32, 3))[:, :, 0]
-        for flipped, candidate in ((False, image), (True, image[:, ::-1])):
-            matches = np.argwhere(np.all(windows == candidate, axis=(2, 3, 4)))
-            if len(matches):
-                shifts.append(matches[0] - 4)
-                flips.append(flipped)
-                break
-        else:
-            pytest.fail(f"example {label} is not a zero-padded shift (flipped or not) of its image")
+        found = _crop_shift(image, images[label])
+        assert found, f"example {label} is not a zero-padded shift (flipped or not) of its image"
+        shifts.append(found[0])
+        flips.append(found[1])
     shifts = np.array(shifts)
     assert np.abs(shifts).max() == 4 and len(np.unique(shifts[:, 0])) == 9
     assert 0.35 < np.mean(flips) < 0.65
@@ -323,7 +423,7 @@ def test_numpy_sources_work_without_tensorflow(source, tmp_path):
             name="cifar10", source="{source}", dir="{tmp_path / 'data.npz'}", reserved_classes=0, reserved_rate=1.0,
             synthetic_train_size=20, synthetic_test_size=10, augment="{augment}")))
         source = create_source(config)
-        assert len(list(source.train_batches(1))) == 2
+        assert [len(batch["label"]) for batch in source.train_batches(1)] == [8, 8, 4]
         assert sum(batch["mask"].sum() for batch in source.eval_batches()) == 10
         print("ok")
         """
@@ -343,7 +443,7 @@ def test_synthetic_source_is_deterministic_and_learnable():
     assert (source.num_classes, source.num_train, source.num_eval) == (10, 200, 50)
     assert source.class_names == [f"class_{label}" for label in range(10)]
     train = list(source.train_batches(1))
-    assert len(train) == source.steps_per_epoch == 12
+    assert len(train) == source.steps_per_epoch == 13  # 12 batches of 16, then one of the 8 left
     assert train[0]["image"].shape == (16, 32, 32, 3) and train[0]["image"].dtype == np.float32
     assert train[0]["label"].dtype == np.int32
     again = next(create_source(config).train_batches(1))
@@ -353,7 +453,7 @@ def test_synthetic_source_is_deterministic_and_learnable():
     ), "each epoch has its own order"
 
     # A nearest-class-mean classifier fitted on one epoch beats chance (10%) by far.
-    images, labels = _stack(train, "image").reshape(len(train) * 16, -1), _stack(train, "label")
+    images, labels = _stack(train, "image").reshape(200, -1), _stack(train, "label")
     means = np.stack([images[labels == c].mean(axis=0) for c in range(10)])
     evals = list(source.eval_batches())
     mask = _stack(evals, "mask")
@@ -390,7 +490,7 @@ def test_shapes_source_is_deterministic_balanced_and_named():
     source = create_source(config)
     assert source.class_names == ["disc", "square", "triangle", "cross", "ring"]
     assert (source.num_classes, source.num_train, source.num_eval) == (5, 203, 52)
-    assert source.image_shape == (32, 32, 3) and source.steps_per_epoch == 12
+    assert source.image_shape == (32, 32, 3) and source.steps_per_epoch == 13
 
     evals, train = list(source.eval_batches()), next(source.train_batches(1))
     assert train["image"].dtype == np.float32 and train["image"].shape == (16, 32, 32, 3)
@@ -539,8 +639,9 @@ def test_two_processes_partition_each_global_batch(make):
     whole, first, second = make(0, 1), make(0, 2), make(1, 2)
     global_batches = list(whole.train_batches(3))
     halves = zip(first.train_batches(3), second.train_batches(3), strict=True)
-    for full, (a, b) in zip(global_batches, halves, strict=True):
-        assert a["image"].shape == (4, 32, 32, 3)
+    # 50 training examples: 6 global batches of 8, then one of the 2 left, one per process.
+    for full, (a, b), size in zip(global_batches, halves, [4] * 6 + [1], strict=True):
+        assert a["image"].shape == b["image"].shape == (size, 32, 32, 3)
         assert a.keys() == full.keys()
         for key in full:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
@@ -700,8 +801,11 @@ def test_bad_image_files_are_named(tmp_path, problem):
         import tensorflow as tf
 
         tf.io.write_file(str(bad), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
-    with pytest.raises(ValueError, match=re.escape(str(bad))):
+    with pytest.raises(ValueError, match=re.escape(str(bad))) as refused:
         create_source(_config(data_source="folder", data_dir=str(tmp_path)))
+    if problem == "other size":
+        assert str(refused.value) == (f"{bad} is 16x16 pixels but {tmp_path / 'train' / 'a' / '0000.png'} is 32x32; "
+                                      "all images of a folder source must have one size")
 
 
 # --- ImageNet --------------------------------------------------------------------------------
@@ -764,9 +868,8 @@ def imagenet_tfds_dir(tmp_path_factory):
 
 
 def _tfds_source(root, index: int = 0, count: int = 1, **overrides):
-    config = _imagenet_config(
-        data_source="tfds", data_dir=str(root), batch_size=8, eval_batch_size=4, **overrides
-    )
+    config = _imagenet_config(**(dict(data_source="tfds", data_dir=str(root), batch_size=8, eval_batch_size=4)
+                                 | overrides))
     return create_source(config, process_index=index, process_count=count)
 
 
@@ -798,16 +901,20 @@ def test_imagenet_tfds_batches_streamed_and_split_between_processes(imagenet_tfd
     assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
     assert np.all((_stack(evals, "label") >= 0) & (_stack(evals, "label") < 1000))
 
-    # Two processes read disjoint halves of the records, and make the same number of batches.
-    halves = [_tfds_source(imagenet_tfds_dir, index, 2) for index in (0, 1)]
+    # Two processes read disjoint halves of the records, and make the same number of batches:
+    # in global batches of 10, 2 full ones, then one of the 4 records left, 2 from each process.
+    halves = [_tfds_source(imagenet_tfds_dir, index, 2, batch_size=10) for index in (0, 1)]
     names = [
         {record["file_name"] for record in half.records("train", 24).as_numpy_iterator()}
         for half in halves
     ]
     assert len(names[0]) == len(names[1]) == 12 and not names[0] & names[1]
+    labels = []
     for half in halves:
         batches = list(half.train_batches(1))
-        assert [batch["image"].shape for batch in batches] == [(4, 32, 32, 3)] * 3
+        assert [batch["image"].shape for batch in batches] == [(5, 32, 32, 3)] * 2 + [(2, 32, 32, 3)]
+        labels.extend(_stack(batches, "label"))
+    assert sorted(labels) == [0] * 8 + [1] * 8 + [2] * 8, "every record once"
     split_evals = [list(half.eval_batches()) for half in halves]
     for part in split_evals:  # 5 examples each, in ceil(5 / 2) batches of 2
         assert _stack(part, "mask").tolist() == [True] * 5 + [False]
@@ -1004,17 +1111,25 @@ def _assert_resumed_epoch_is_the_tail(source, epoch: int, first_step: int) -> No
                                   _shapes_in_process], ids=["arrays", "npz", "synthetic", "shapes"])
 def test_an_epoch_resumed_at_a_step_gives_exactly_its_remaining_batches(make):
     source = make(1, 2)
-    assert source.steps_per_epoch == 6
-    for first_step in (0, 2, 6):
+    assert source.steps_per_epoch == 7  # 6 batches of 8, then one of the 2 examples left
+    for first_step in (0, 2, 6, 7):  # 6: only the smaller last batch is left
         _assert_resumed_epoch_is_the_tail(source, 2, first_step)
-    with pytest.raises(ValueError, match="first_step must be an integer in 0..6, got 7"):
-        source.train_batches(2, 7)
+    with pytest.raises(ValueError, match="first_step must be an integer in 0..7, got 8"):
+        source.train_batches(2, 8)
 
 
 def test_streamed_imagenet_epochs_resume_at_a_step(imagenet_tfds_dir, tmp_path):
-    _assert_resumed_epoch_is_the_tail(_tfds_source(imagenet_tfds_dir, 1, 2), 3, 1)
+    # Batches of 5, 5 and 2 (the smaller last one) from this process.
+    _assert_resumed_epoch_is_the_tail(_tfds_source(imagenet_tfds_dir, 1, 2, batch_size=10), 3, 1)
     write_imagenet_folder(tmp_path)
     _assert_resumed_epoch_is_the_tail(_folder_source(tmp_path, data_image_size=32), 2, 1)
+
+
+def test_imagenet_folders_end_an_epoch_with_a_smaller_batch(tmp_path):
+    write_imagenet_folder(tmp_path)  # 8 training images, one of each class
+    batches = list(_folder_source(tmp_path, batch_size=3).train_batches(1))
+    assert [len(batch["label"]) for batch in batches] == [3, 3, 2]
+    assert sorted(_stack(batches, "label")) == list(range(8))
 
 
 def test_tensorflows_start_up_lines_show_once():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,14 @@ from catkd_jax import checkpoints, interruption, training
 from conftest import REPO_ROOT, read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
 
-# tiny_config: 64 training images in batches of 16, so 4 steps an epoch.
-STEPS_PER_EPOCH = 4
+# The runs of `_config`: 72 training images, in 4 batches of 16 and a last one of 8, so 5 steps
+# an epoch; the interruptions below fall before, in and after that smaller batch.
+STEPS_PER_EPOCH = 5
+
+
+def _config():
+    """`tiny_config` for two epochs, with 8 training images after its last full batch."""
+    return tiny_config(num_epochs=2, data__synthetic_train_size=72)
 
 
 def _assert_same_run(resumed, uninterrupted) -> None:
@@ -32,7 +39,7 @@ def _assert_same_run(resumed, uninterrupted) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    training.train_and_evaluate(tiny_config(num_epochs=2), workdir)
+    training.train_and_evaluate(_config(), workdir)
     return workdir
 
 
@@ -43,7 +50,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
     with monkeypatch.context() as patch:
         signal_at_step(patch.setattr, STEPS_PER_EPOCH + 2, signum)
         with pytest.raises(interruption.Interrupted) as stopped:
-            training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+            training.train_and_evaluate(_config(), tmp_path)
     step = STEPS_PER_EPOCH + 2
     assert str(stopped.value) == (f"interrupted at epoch 2, step {step}: checkpoint saved; "
                                   "run the same command to resume")
@@ -53,19 +60,19 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_rerun_is_bit_identical(signu
     assert (meta["epoch"], meta["step"], meta["epoch_step"]) == (2, step, step - STEPS_PER_EPOCH)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
 
-    training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)  # the same command again
+    training.train_and_evaluate(_config(), tmp_path)  # the same command again
     _assert_same_run(tmp_path, uninterrupted)
 
 
 def test_a_signal_in_the_last_step_of_an_epoch_saves_the_evaluated_epoch(uninterrupted, tmp_path, monkeypatch):
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # the step of the smaller last batch
         signal_at_step(patch.setattr, STEPS_PER_EPOCH, signal.SIGTERM)
-        with pytest.raises(interruption.Interrupted, match="at epoch 1, step 4:"):
-            training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+        with pytest.raises(interruption.Interrupted, match="at epoch 1, step 5:"):
+            training.train_and_evaluate(_config(), tmp_path)
     _, meta = checkpoints.load_variables(tmp_path)
-    assert (meta["epoch"], meta["step"]) == (1, 4) and "epoch_step" not in meta
+    assert (meta["epoch"], meta["step"]) == (1, 5) and "epoch_step" not in meta
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
-    training.train_and_evaluate(tiny_config(num_epochs=2), tmp_path)
+    training.train_and_evaluate(_config(), tmp_path)
     _assert_same_run(tmp_path, uninterrupted)
 
 
@@ -111,10 +118,10 @@ def driver_command(main_command: list[str], step: int, signal_name: str) -> list
 
 
 def tiny_main_command(workdir) -> list[str]:
-    """main.py with `tiny_config(num_epochs=2)`'s settings as flags on configs/default.py."""
+    """main.py with `_config()`'s settings as flags on configs/default.py."""
     settings = {"method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
                 "teacher.arch": "resnet8", "data.name": "cifar10", "data.source": "synthetic",
-                "data.synthetic_train_size": 64, "data.synthetic_test_size": 40, "batch_size": 16,
+                "data.synthetic_train_size": 72, "data.synthetic_test_size": 40, "batch_size": 16,
                 "eval_batch_size": 16, "num_epochs": 2, "optim.lr": 0.05, "checkpoint.every_epochs": 1}
     return [sys.executable, str(REPO_ROOT / "main.py"), "--config", str(REPO_ROOT / "configs" / "default.py"),
             "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
@@ -134,3 +141,63 @@ def test_the_command_line_says_where_it_stopped_and_exits_143_and_the_same_comma
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming {tmp_path} in epoch 2 after step {STEPS_PER_EPOCH + 1}" in resumed.stdout
     _assert_same_run(tmp_path, uninterrupted)
+
+
+START_UP_DRIVER = """
+import runpy, signal, sys
+import signalling
+{setup}
+sys.argv = {argv!r}
+runpy.run_path({main!r}, run_name="__main__")
+"""
+
+
+def _interrupted_start(main_command: list[str], setup: str) -> subprocess.CompletedProcess:
+    """`main_command` run with `setup` (a line of `signalling` calls) done first."""
+    program = START_UP_DRIVER.format(setup=setup, argv=main_command[1:], main=main_command[1])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH)
+    return subprocess.run([sys.executable, "-c", program], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _checkpoint_files(workdir) -> list[str]:
+    return sorted(str(path.relative_to(workdir)) for path in (workdir / "checkpoints").rglob("*"))
+
+
+@pytest.mark.parametrize("point", ["import of JAX", "config file", "workdir written"])
+def test_a_signal_in_start_up_ends_at_once_saying_truly_what_is_kept(point, tmp_path):
+    workdir = tmp_path / "run"
+    command = tiny_main_command(workdir)
+    setup, code, signal_name = "", 130, "SIGINT"
+    if point == "import of JAX":  # the first seconds: flags parsed, libraries importing
+        setup = "signalling.signal_on_import('jax', signal.SIGINT)"
+        expected = " before anything was written; run the same command to start again"
+    elif point == "config file":  # while --config is read, before the workdir is known
+        config = tmp_path / "interrupting.py"
+        config.write_text("import os, signal\nfrom catkd_jax import default_config\n\n\ndef get_config():\n"
+                          "    os.kill(os.getpid(), signal.SIGINT)\n    return default_config.get_config()\n")
+        command[command.index("--config") + 1] = str(config)
+        expected = "; nothing was written, run the same command to start again"
+    else:  # config.json written, no checkpoint yet; SIGTERM (a scheduler) alike
+        setup = "signalling.signal_on_call(setattr, 'catkd_jax.record', 'write', signal.SIGTERM, after=True)"
+        code, signal_name = 143, "SIGTERM"
+        expected = f" before the first checkpoint: {workdir} has none yet, run the same command to start again"
+    stopped = _interrupted_start(command, setup)
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert stopped.stderr.splitlines()[-1] == f"interrupted ({signal_name}){expected}", stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert not (workdir / "checkpoints").exists() or not _checkpoint_files(workdir)
+    assert (workdir / "config.json").exists() == (point == "workdir written")
+
+
+def test_a_signal_while_a_run_resumes_keeps_its_checkpoint_and_says_so(uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    before = _checkpoint_files(workdir)
+    stopped = _interrupted_start(
+        tiny_main_command(workdir),
+        "signalling.signal_on_call(setattr, 'catkd_jax.checkpoints', 'TrainCheckpoints.restore_newest', signal.SIGINT)")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert stopped.stderr.splitlines()[-1] == (
+        f"interrupted (SIGINT); the last checkpoint in {workdir} is kept, run the same command to resume")
+    assert _checkpoint_files(workdir) == before

@@ -202,6 +202,12 @@ def test_probe_data_section_and_its_errors(tmp_path):
     (tmp_path / "runs" / "run_0").mkdir(parents=True)
     with pytest.raises(ValueError, match="several runs"):
         probe.load_frozen_network(config, tmp_path / "runs")
+    # A probe data error names the probe's fields, the ones to fix.
+    config = tiny_config(probe__data__source="npz", probe__data__dir=str(tmp_path / "absent.npz"))
+    with pytest.raises(FileNotFoundError) as missing:
+        probe.probe_source(config)
+    assert str(missing.value).startswith(f"config.probe.data.dir='{tmp_path / 'absent.npz'}' is not a file; "
+                                         "probe.data.source='npz' reads one .npz")
 
 
 _PROBE_OVERRIDES = dict(

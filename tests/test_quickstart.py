@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import textwrap
 
 import pytest
 
-from catkd_jax import config_files, quickstart, visualize
+from catkd_jax import config_files, quickstart, record, visualize
+from catkd_jax.errors import UserError
 from conftest import REPO_ROOT, xla_flags
 from test_visualize import png_size
 
@@ -42,6 +44,7 @@ def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
         "pipeline": "single", "method": "vanilla", "student.arch": "resnet14", "student.classifier_bias": True,
         "data.synthetic_train_size": 1500, "data.reserved_rate": 1.0, "data.synthetic_test_size": 300, "num_epochs": 6,
         "runs.seeds": (), "optim.decay_epochs": (5,),
+        "data.drop_remainder": True,  # batches of 64 only: one compiled step (a smaller last one is tested elsewhere)
     }
     # Training is this test's cost: it runs in a process with XLA's default flags and optimisations
     # (the other tests' settings favour compiling; here they cost a third more time, measured).
@@ -54,12 +57,13 @@ def test_cams_of_a_network_trained_on_shapes_find_the_objects(tmp_path):
     assert result["cam_localization"] >= 70.0
 
 
-def test_quickstart_reports_every_seed_and_their_mean_and_std(tmp_path, capsys):
+def test_quickstart_reports_every_seed_and_their_mean_and_std(tmp_path, capsys, monkeypatch):
     config = shapes_config(**{
         "teacher.arch": "resnet8", "student.arch": "resnet8", "num_epochs": 2, "teacher.num_epochs": 1,
         "optim.decay_epochs": (2,), "runs.seeds": (0, 1),
         "data.synthetic_train_size": 160, "data.synthetic_test_size": 40, "eval_batch_size": 20,
         "data.reserved_rate": 0.5,
+        "data.drop_remainder": True,  # batches of 64 only: one compiled step per network
     })
     result = quickstart.run(config, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -105,6 +109,27 @@ def test_quickstart_reports_every_seed_and_their_mean_and_std(tmp_path, capsys):
     assert recorded["cat_kd"]["student"]["classifier_bias"] is False
     width, height = visualize.cam_figure_size(4, 3, 0, resolution=2, normalize=True, boxes=True)
     assert png_size(tmp_path / "cams.png") == (round(width * visualize.DPI), round(height * visualize.DPI))
+
+    # The results of one config are not replaced by another's unless asked.
+    assert summary["config"] == record.as_json(config)
+    before = sorted((path, path.stat().st_mtime_ns) for path in tmp_path.rglob("*"))
+    other = config_files.with_values(config, {"runs.seeds": (5,)})
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))} holds the quickstart results \(summary.json, "
+                                        r"cams.png\) of another config \(runs.seeds \[0, 1\] -> \[5\]\); use another "
+                                        r"--workdir, or pass --replace_results to replace them$"):
+        quickstart.run(other, tmp_path)
+    assert sorted((path, path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
+    monkeypatch.setattr(quickstart, "_source_with_boxes", _stop_here)  # the first step after the check
+    with pytest.raises(_Stopped):
+        quickstart.run(other, tmp_path, replace_results=True)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_here(*args, **kwargs):
+    raise _Stopped
 
 
 def test_cam_localization_needs_boxes(tmp_path):

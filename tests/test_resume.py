@@ -134,7 +134,8 @@ def test_an_allowed_change_is_applied_and_logged(complete_run, tmp_path):
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
     training.train_and_evaluate(_config(optim__lr=0.1), workdir, allow_changes=("optim.lr",))
     changes = [json.loads(line) for line in (workdir / record.CHANGES_FILE).read_text().splitlines()]
-    assert [(c["field"], c["recorded"], c["now"]) for c in changes] == [("optim.lr", 0.05, 0.1)]
+    # Logged with the first checkpoint made with it (resumed after step 8, the next save is 12).
+    assert [(c["field"], c["recorded"], c["now"], c["from_step"]) for c in changes] == [("optim.lr", 0.05, 0.1, 12)]
     assert json.loads((workdir / record.CONFIG_FILE).read_text())["optim"]["lr"] == 0.1
     assert read_metrics(workdir)[:2] == read_metrics(complete_run)[:2]
     assert read_metrics(workdir)[2]["lr"] == pytest.approx(0.1)
@@ -152,7 +153,7 @@ def test_fields_that_cannot_change_results_may_change(complete_run, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (dict(student__arch="resnet8x"), "resnet8x"),
     (dict(batch_size=1000), "fewer than one batch"),
-    (dict(num_epochs=0), "num_epochs must be >= 1"),
+    (dict(num_epochs=0), "num_epochs must be an integer >= 1"),
 ])
 def test_a_start_that_fails_validation_never_touches_the_workdir(overrides, message, complete_run, tmp_path):
     workdir = _killed_after(complete_run, 8, tmp_path / "run")
@@ -165,6 +166,27 @@ def test_a_start_that_fails_validation_never_touches_the_workdir(overrides, mess
     assert not (tmp_path / "new").exists()
 
 
+def test_a_checkpoint_made_with_another_epoch_length_is_refused(complete_run, tmp_path, capsys):
+    workdir = _killed_after(complete_run, 8, tmp_path / "run")  # after epoch 2, 4 steps each
+    with pytest.raises(UserError, match=r"the checkpoint of step 8 \(epoch 2\) was saved with another number of "
+                                        "steps per epoch than this config's 5"):
+        training.train_and_evaluate(_config(data__synthetic_train_size=88, data__drop_remainder=True), workdir,
+                                    allow_changes=("data.synthetic_train_size", "data.drop_remainder"))
+    # The log says once what each epoch leaves out.
+    assert capsys.readouterr().out.count("8 of the 88 training images sit out each epoch (the last of its shuffled "
+                                         "order, different ones each epoch): config.data.drop_remainder is set, so "
+                                         "every batch holds 16.\n") == 1
+
+
+def test_a_record_from_before_drop_remainder_existed_counts_as_dropping():
+    """Runs recorded before `data.drop_remainder` existed dropped each epoch's last partial batch."""
+    config = _config()
+    recorded = record.as_json(config)
+    del recorded["data"]["drop_remainder"]
+    assert record.changed_fields(recorded, config) == {"data.drop_remainder": (True, False)}
+    assert record.changed_fields(recorded, config_files.with_values(config, {"data.drop_remainder": True})) == {}
+
+
 def test_a_field_the_record_lacks_counts_as_its_default():
     """A run recorded before a field existed resumes; giving that field another value is a change."""
     config = _config()
@@ -173,3 +195,14 @@ def test_a_field_the_record_lacks_counts_as_its_default():
     assert record.changed_fields(recorded, config) == {}
     changed = config_files.with_values(config, {"cat_kd.class_weighting": "teacher_prob"})
     assert record.changed_fields(recorded, changed) == {"cat_kd.class_weighting": ("uniform", "teacher_prob")}
+
+
+def test_checkpoint_paths_are_recorded_absolute_and_an_older_relative_record_still_matches(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(teacher__checkpoint="runs/teacher", student__init_checkpoint="")
+    absolute = record.with_absolute_paths(config)
+    assert absolute.teacher.checkpoint == str(tmp_path / "runs" / "teacher")
+    assert absolute.student.init_checkpoint == ""  # none stays none
+    # A record written before paths were made absolute meant them from the working directory.
+    assert record.changed_fields(record.as_json(config), absolute) == {}
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catkd_jax import checkpoints, config_files, runs, training
+from catkd_jax import checkpoints, config_files, record, runs, training
+from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.models import create_model
 from conftest import REPO_ROOT, read_metrics, tiny_config, xla_flags
 
@@ -165,7 +168,7 @@ def test_shared_inputs_run_the_teacher_once(vectorize):
     assert flops["seeds"] - flops["sweep"] == pytest.approx(teacher_flops, rel=0.05)
 
 
-def test_a_diverging_run_stops_alone(tmp_path):
+def test_a_diverging_run_stops_alone_and_eval_marks_it(tmp_path, capsys):
     summary = training.train_and_evaluate(
         tiny_config(num_epochs=2, optim__decay_epochs=(), runs__sweep="optim.lr=0.05,1e30"), tmp_path
     )
@@ -175,6 +178,34 @@ def test_a_diverging_run_stops_alone(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "run_0")] == [1, 2]
     assert not (tmp_path / "run_1" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run_1")
     assert summary["best_test_acc"]["runs"] == 1
+
+    # Evaluating the workdir reports the run it can, marks the diverged one (no checkpoint: it
+    # diverged in its first epoch) and gives the mean of the others.
+    capsys.readouterr()
+    result = training.evaluate(tiny_config(), tmp_path)
+    assert result["runs"][0]["test_acc"] == pytest.approx(read_metrics(tmp_path / "run_0")[-1]["test_acc"], abs=1e-9)
+    assert result["runs"][1] == {"diverged_epoch": 1}
+    assert result["test_acc"]["runs"] == 1 and result["test_acc"]["mean"] == result["runs"][0]["test_acc"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith("run_0: top1 ")
+    assert printed[1] == "run_1 (diverged in epoch 1, left out of the mean): no checkpoint was kept"
+    assert printed[2].startswith("mean ± std over 1 runs: top1 ")
+
+
+def test_other_runs_on_a_multi_run_workdir_are_refused_and_change_nothing(teacher_dir, tmp_path):
+    for run in ("run_0", "run_1"):  # two runs' checkpoints, as a program of seeds (0, 1) leaves them
+        shutil.copytree(teacher_dir, tmp_path / run)
+    record.write(tmp_path, tiny_config(runs__seeds=(0, 1)), {})
+    before = sorted((path, path.stat().st_mtime_ns) for path in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))} holds the runs of another config \(runs.seeds "
+                                        r"\[0, 1\] -> \[5\]\); the runs of a workdir cannot change: resume with the "
+                                        r"recorded values or start a new --workdir$"):
+        training.train_and_evaluate(tiny_config(runs__seeds=(5,)), tmp_path)
+    with pytest.raises(UserError, match=r"holds the runs of another config \(runs.sweep '' -> 'optim.lr=0.1,0.2'\)"):
+        training.train_and_evaluate(tiny_config(runs__seeds=(0, 1), runs__sweep="optim.lr=0.1,0.2"), tmp_path)
+    with pytest.raises(ConfigError, match=r"--allow_config_change=runs.seeds: runs.seeds cannot change in a workdir"):
+        training.train_and_evaluate(tiny_config(runs__seeds=(5,)), tmp_path, allow_changes=("runs.seeds",))
+    assert sorted((path, path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
 
 
 def test_multi_run_resume_is_bit_identical(two_seed_program, tmp_path):

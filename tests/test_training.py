@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import struct
@@ -19,8 +20,9 @@ import optax
 import pytest
 
 from catkd_jax import checkpoints, convert, runs, training
+from catkd_jax.errors import DivergedError, UserError
 from catkd_jax.models import create_model
-from conftest import REPO_ROOT, read_metrics, tiny_config, xla_flags
+from conftest import REPO_ROOT, read_metrics, shared_path, tiny_config, xla_flags
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,9 @@ def test_each_method_trains_logs_and_checkpoints(method, terms, teacher_dir, tmp
     if method == "cat_kd":
         config.student.classifier_bias = False
         config.cat_kd.num_cams = 3
+        # The original's CAM-head init, N(0, 2 / classes), is wide for 10 classes: at lr 0.05
+        # CAT's gradients (beta 15) make this 64-image run diverge.
+        config.optim.lr = 0.01
     summary = training.train_and_evaluate(config, tmp_path)
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
@@ -164,13 +169,30 @@ def test_mismatched_teacher_is_refused_naming_both(teacher_dir, tmp_path):
                                              teacher__checkpoint=str(teacher_dir)), tmp_path / "b")
 
 
+def test_a_damaged_teacher_names_the_setting_that_points_at_it(teacher_dir, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    (step,) = (teacher / "checkpoints").iterdir()
+    earlier = step.with_name(str(int(step.name) - 1))  # an intact step beside the damaged one
+    shutil.copytree(step, earlier)
+    data = max((path for path in (step / "state").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(UserError) as damaged:
+        training.train_and_evaluate(tiny_config(method="kd", teacher__checkpoint=str(teacher)), tmp_path / "run")
+    assert str(damaged.value).endswith(
+        f"it is damaged. Point config.teacher.checkpoint at another step ({earlier}) or restore it from a copy")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(method="fitnet"), "unknown method 'fitnet'"),
+        (dict(method="fitnet"), "config.method='fitnet' is unknown; use one of vanilla, cat_kd, kd, dkd"),
         (dict(method="kd"), "needs a teacher but config.teacher.checkpoint is empty"),
         (dict(method="kd", teacher__checkpoint="/nonexistent/teacher"), "does not exist"),
-        (dict(dtype="float16"), "config.dtype must be"),
+        (dict(method="kd", teacher__train_if_missing=True, teacher__config=""),
+         "config.teacher.train_if_missing trains the teacher with config.teacher.config, but it is empty; point"),
+        (dict(dtype="float16"), "config.dtype='float16' is unknown; use one of float32, bfloat16"),
     ],
 )
 def test_config_errors_are_clear(overrides, message, tmp_path):
@@ -178,19 +200,31 @@ def test_config_errors_are_clear(overrides, message, tmp_path):
         training.train_and_evaluate(tiny_config(**overrides), tmp_path)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint_and_its_record(teacher_dir, tmp_path):
     shutil.copytree(teacher_dir, tmp_path, dirs_exist_ok=True)  # one epoch of tiny_config()
     good, _ = checkpoints.load_variables(tmp_path)
-    with pytest.raises(FloatingPointError, match="last good checkpoint is kept"):
+    recorded = (tmp_path / "config.json").read_text()
+    # An expected stop (a user error: one line, exit 1), naming where, what is kept and what to try.
+    with pytest.raises(DivergedError) as error:
         training.train_and_evaluate(tiny_config(num_epochs=2, optim__lr=1e30, optim__decay_epochs=()), tmp_path,
                                  allow_changes=("optim.lr", "optim.decay_epochs"))
+    assert isinstance(error.value, UserError) and "\n" not in str(error.value)
+    assert re.fullmatch(rf"stopping: the training loss became (nan|inf) in epoch 2 \(steps 5-8\)\. The last good "
+                        rf"checkpoint \(step 4\) is kept in {re.escape(str(tmp_path / 'checkpoints'))}\. Lower optim.lr, "
+                        r"check the data, or \(distilling\) check the teacher's accuracy\.", str(error.value))
     kept, info = checkpoints.load_variables(tmp_path)
     assert info["epoch"] == 1
     jax.tree_util.tree_map(np.testing.assert_array_equal, kept, good)
+    # No checkpoint was made with the allowed changes: the record still describes the kept one.
+    assert (tmp_path / "config.json").read_text() == recorded
+    assert not (tmp_path / "config_changes.jsonl").exists()
 
 
 # Two steps: float differences of the cross-device reductions then stay below 1e-5.
-_MULTI_DEVICE_SETTINGS = dict(num_epochs=1, method="cat_kd", student__classifier_bias=False, data__synthetic_train_size=32)
+# lr 0.01: at 0.05 the wide CAM-head init of 10 classes makes the step diverge, and a diverging
+# step amplifies the devices' different summation orders far beyond rounding.
+_MULTI_DEVICE_SETTINGS = dict(num_epochs=1, method="cat_kd", student__classifier_bias=False, data__synthetic_train_size=32,
+                              optim__lr=0.01)
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
@@ -220,7 +254,7 @@ def test_four_devices_give_the_same_losses_as_one(teacher_dir, tmp_path):
         assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
-def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tmp_path):
+def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tmp_path, monkeypatch):
     config = tiny_config(student__init_checkpoint=str(teacher_dir))  # a resnet8 with a biased classifier
     plan = runs.plan_runs(config)
     student = create_model("resnet8", 10, jnp.float32, True)
@@ -233,13 +267,15 @@ def test_a_student_starts_from_the_weights_init_checkpoint_names(teacher_dir, tm
     fresh = training.initial_states(student, plan, [tiny_config()], (32, 32, 3), steps_per_epoch=4)
     assert not np.array_equal(fresh.params["classifier"]["kernel"], state.params["classifier"]["kernel"])
 
-    summary = training.train_and_evaluate(config, tmp_path)  # trains on from there
+    # Trains on from there. A relative path is recorded absolute: the record means the same
+    # file when read from another directory.
+    monkeypatch.chdir(teacher_dir.parent)
+    summary = training.train_and_evaluate(tiny_config(student__init_checkpoint=teacher_dir.name), tmp_path)
     assert summary["best_test_acc"] >= 0 and read_metrics(tmp_path)[0]["epoch"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["student"]["init_checkpoint"] == str(teacher_dir)
 
 
 def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, tmp_path):
-    from catkd_jax.errors import UserError
-
     with pytest.raises(UserError, match=r"does not fit the student resnet8 \(classifier_bias=False\).*match "
                                         r"student.classifier_bias"):
         training.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir),
@@ -248,6 +284,25 @@ def test_init_weights_of_another_shape_are_refused_naming_the_fix(teacher_dir, t
     with pytest.raises(ValueError, match="arch 'resnet8' but the config asks for 'resnet20'"):
         training.train_and_evaluate(tiny_config(student__init_checkpoint=str(teacher_dir), student__arch="resnet20"),
                                  tmp_path / "b")
+
+
+def test_a_cam_head_pth_initialises_a_student_without_classifier_bias(tmp_path):
+    torch = pytest.importorskip("torch")
+    spec = json.loads(shared_path("reference/mdistiller_cifar_state_dicts.json").read_text())
+    variant = spec["resnet20"]  # how the ResNets' CAM-head (`_test`) networks differ from the plain ones
+    rng = np.random.default_rng(0)
+    tensor = lambda shape, dtype: (torch.tensor(7) if dtype == "int64"
+                                   else torch.from_numpy(rng.normal(size=shape).astype(np.float32)))
+    state_dict = {name: tensor(shape, dtype) for name, shape, dtype in spec["resnet8"]["state_dict"]
+                  if name not in variant["test_variant_missing_keys"]}
+    (cam_head,) = variant["test_variant_extra_keys"]
+    state_dict[cam_head] = torch.from_numpy(rng.normal(size=(10, 64, 1, 1)).astype(np.float32))  # [C, K, 1, 1]
+    path = tmp_path / "resnet8_test.pth"
+    torch.save({"model": state_dict}, path)
+    config = tiny_config(student__init_checkpoint=str(path), student__classifier_bias=False)
+    weights = training.initial_weights(config, create_model("resnet8", 10, jnp.float32, False), (32, 32, 3))
+    assert set(weights["params"]["classifier"]) == {"kernel"}
+    np.testing.assert_array_equal(weights["params"]["classifier"]["kernel"], state_dict[cam_head].numpy()[:, :, 0, 0].T)
 
 
 def test_step_records_log_the_steps_since_the_previous_one_and_a_resume_keeps_only_those_before_it(tmp_path, capsys):

@@ -171,3 +171,17 @@ def test_cam_peak_in_box_maps_the_peak_cell_to_its_centre_pixel():
     # Non-square images scale each axis on its own: cell (1, 2) of 4x4 over 64x16 is (24, 10).
     inside = visualize.cam_peak_in_box(features[:1], kernel, labels[:1], np.array([[24, 10, 25, 11]]), (64, 16))
     np.testing.assert_array_equal(inside, [True])
+
+
+def test_visualize_of_a_workdir_of_several_networks_lists_them(tmp_path):
+    workdir = tmp_path / "quickstart"  # the quickstart's layout: a teacher and multi-run students
+    for network in ("teacher", "vanilla/run_0", "cat_kd/run_0", "cat_kd/run_1"):
+        (workdir / network / "checkpoints" / "10").mkdir(parents=True)
+    output = tmp_path / "figures"
+    with pytest.raises(FileNotFoundError) as refused:
+        visualize.visualize(tiny_config(), workdir, output)
+    assert str(refused.value) == (f"{workdir} holds several networks: cat_kd/run_0, cat_kd/run_1, teacher, "
+                                  f"vanilla/run_0; point --checkpoint at one of them, e.g. {workdir / 'cat_kd/run_0'}")
+    with pytest.raises(FileNotFoundError, match=r"holds several networks: run_0, run_1; point --checkpoint"):
+        visualize.visualize(tiny_config(), workdir / "cat_kd", output)
+    assert not output.exists()

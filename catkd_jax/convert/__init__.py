@@ -132,6 +132,11 @@ def _describe(problems: list[str], what: str, limit: int = 20) -> str:
     return f"{len(problems)} {what}:\n  {shown}{more}"
 
 
+def has_cam_head(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict is of the CAM-head layout (a bias-free `conv_test` classifier)."""
+    return any(key.removeprefix("module.") == _CAM_HEAD_KEY for key in state_dict)
+
+
 def from_torch_state_dict(
     state_dict: Mapping[str, Any],
     arch: str,
@@ -226,6 +231,28 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str) -> dict[str, np
         if key.endswith(".running_var") and module in batch_norms:
             state[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
     return state
+
+
+def torch_arrays(variables: Mapping[str, Any], arch: str, cam_head: bool = False) -> dict[str, np.ndarray]:
+    """Every leaf of `{"params", "batch_stats"}` under its PyTorch key, in PyTorch's layout.
+
+    Unlike `to_torch_state_dict`, it traces no model: no shape check against `arch` (only its
+    classifier's PyTorch name is read), no `num_batches_tracked`, and no bias is added to a
+    classifier without one. `cam_head=True` writes the classifier kernel `[K, C]` as the CAM-head
+    layout's `conv_test.weight` `[C, K, 1, 1]` (and its bias, if any, under the Linear's name).
+    Arrays may be views of the variables (transposed, not copied).
+    """
+    classifier = create_model(arch).torch_classifier_name
+    arrays: dict[str, np.ndarray] = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
+        collection, *module_path, leaf_name = (entry.key for entry in key_path)
+        value = np.asarray(leaf, np.float32)
+        if cam_head and (collection, *module_path, leaf_name) == ("params", "classifier", "kernel"):
+            arrays[_CAM_HEAD_KEY] = value.T[:, :, None, None]
+            continue
+        module = _torch_module_name(tuple(module_path), classifier)
+        arrays[f"{module}.{_LEAF_NAMES[(collection, leaf_name)]}"] = _to_torch_layout(value)
+    return arrays
 
 
 def checkpoint_num_classes(state_dict: Mapping[str, Any], arch: str) -> int | None:

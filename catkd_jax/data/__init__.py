@@ -1,13 +1,15 @@
 """Training and test data (CIFAR, ImageNet): `create_source(config)` returns a `DataSource`:
 
     source.num_classes, source.class_names, source.image_shape
-    source.num_train, source.num_eval, source.steps_per_epoch
+    source.num_train, source.num_eval, source.steps_per_epoch, source.last_batch_size
     source.train_batches(epoch, first_step=0)  # {"image": float32 [B, H, W, 3], "label": int32 [B]}
+    source.remainder_note()      # '' or a line on the training images each epoch leaves out
     source.eval_batches()        # the same plus "mask": bool [B], False on padding
     source.train_eval_batches()  # the training split as eval_batches reads the test split
     source.display_images(images)  # normalised images back to uint8 [B, H, W, 3]
 
-B is this process's share of the global batch size. One module per kind of source:
+B is this process's share of the global batch size (of the smaller last batch of an epoch:
+`data.drop_remainder` in default_config.py). One module per kind of source:
 
 * 'tfds' (`cifar`): TensorFlow Datasets' cifar100 / cifar10 / stl10 (96x96, for linear
   probing), read once into memory (never downloaded); imagenet2012 is streamed (`imagenet`).
@@ -69,6 +71,7 @@ def create_source(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
+    device_count: int | None = None,
 ) -> DataSource:
     """The data source `config` describes.
 
@@ -76,16 +79,17 @@ def create_source(
     `config.data`: `source` ('tfds' | 'folder' | 'synthetic' | 'shapes'), `name` ('cifar100' |
     'cifar10' | 'stl10' | 'imagenet2012': TFDS name, class count, normalisation, recipe; ignored by
     'shapes', which has its own five classes and normalisation), `dir`, `reserved_classes`,
-    `reserved_rate`, `augment` ('crop_flip' | 'trivial_augment', the latter for the in-memory
-    sources only), `synthetic_train_size`, `synthetic_test_size` (the split sizes of both
-    generated sources, 'synthetic' and 'shapes'), and for imagenet2012 from 'tfds' or 'folder'
-    `image_size` (0 = 224) and `shuffle_buffer` ('tfds' only); a config without these last two
-    gets their defaults.
+    `reserved_rate`, `drop_remainder`, `augment` ('crop_flip' | 'trivial_augment', the latter
+    for the in-memory sources only), `synthetic_train_size`, `synthetic_test_size` (the split
+    sizes of both generated sources, 'synthetic' and 'shapes'), and for imagenet2012 from
+    'tfds' or 'folder' `image_size` (0 = 224) and `shuffle_buffer` ('tfds' only); a config
+    without these last two, or without `drop_remainder` (False), gets their defaults.
 
     Args:
       config: the experiment configuration.
       process_index, process_count: this process among the data-parallel ones; default to
         `jax.process_index()` and `jax.process_count()` (tests simulate several).
+      device_count: the devices a global batch is split over; default `jax.device_count()`.
     Returns:
       a `DataSource`.
     """
@@ -114,6 +118,8 @@ def create_source(
         reserved_rate=data.reserved_rate,
         process_index=process_index,
         process_count=process_count,
+        drop_remainder=data.get("drop_remainder", False),
+        device_count=device_count,
     )
     if data.source == "shapes":
         return ShapesSource(

@@ -1,7 +1,8 @@
 """What every data source shares: data-set constants, seeds, reduction and batching.
 
 `DataSource` computes each epoch's global order of the (reduced) training set from
-`(seed, epoch)`, cuts it into global batches and hands each process its contiguous slice; the
+`(seed, epoch)`, cuts it into global batches (the last one smaller, as PyTorch's DataLoader
+makes it, unless `drop_remainder`) and hands each process its contiguous slice; the
 test set is read in fixed order, the last batch padded and masked. Everything random derives
 from `(seed, epoch)`: the shuffle and each example's augmentation (from its index in the data
 set, through stateless ops), so a batch never depends on threading, on the number of processes,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -77,16 +79,18 @@ def _first_time(seen: set[str]) -> Callable[[str], bool]:
 
 @functools.lru_cache(maxsize=None)
 def import_tensorflow() -> Any:
-    """TensorFlow, imported on first use, restricted to the CPU; its start-up lines shown once."""
-    # Its C++ libraries each print the same start-up lines (oneDNN, absl) when imported.
-    with console.filtered_stderr(_first_time(set())):
+    """TensorFlow, imported on first use, restricted to the CPU; its start-up lines hidden, and
+    any other line it prints shown once."""
+    # Its C++ libraries each print the same lines (oneDNN, absl) when imported.
+    first_time = _first_time(set())
+    with console.filtered_stderr(lambda line: not console.is_start_up_line(line) and first_time(line)):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    try:
-        # tf.data must never take accelerator memory from JAX.
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # TensorFlow was initialised before us; its device choice can no longer change.
+        try:  # (which loads more of its libraries, and their lines)
+            # tf.data must never take accelerator memory from JAX.
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass  # TensorFlow was initialised before us; its device choice can no longer change.
     return tf
 
 
@@ -148,6 +152,11 @@ class DataSource(abc.ABC):
       reserved_classes, reserved_rate: training-set reduction, see `reduce_training_set`.
       process_index, process_count: this process among the data-parallel ones; default to
         `jax.process_index()` and `jax.process_count()`.
+      drop_remainder: leave out the examples after an epoch's last full batch, so every batch
+        holds `batch_size`; else they make a last, smaller batch.
+      device_count: the devices of all processes a global batch is split over; default
+        `jax.device_count()`. A smaller last batch is cut to a multiple of it (and of
+        `process_count`), so it still splits evenly; what is cut sits the epoch out.
 
     Attributes:
       num_classes: classes of the model's output (the test set keeps all of them).
@@ -157,7 +166,12 @@ class DataSource(abc.ABC):
         subclasses); `display_images` undoes it.
       num_train: training examples after reduction, over all processes.
       num_eval: test examples, over all processes.
-      steps_per_epoch: `num_train // batch_size`; the remainder of each epoch's order is dropped.
+      steps_per_epoch: batches of an epoch: `num_train // batch_size` full ones, then (unless
+        `drop_remainder`) one of the examples left over, as PyTorch's DataLoader without
+        `drop_last` (`ceil(num_train / batch_size)` on one device).
+      last_batch_size: global size of each epoch's last batch (`batch_size` when it is full).
+      unused_per_epoch: training examples each epoch leaves out (`remainder_note` says why):
+        the last ones of its shuffled order, so different ones each epoch.
     """
 
     def __init__(
@@ -174,12 +188,15 @@ class DataSource(abc.ABC):
         reserved_rate: float = 1.0,
         process_index: int | None = None,
         process_count: int | None = None,
+        drop_remainder: bool = False,
+        device_count: int | None = None,
     ) -> None:
         if class_names is None:
             class_names = [str(label) for label in range(num_classes)]
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        self._init_batching(batch_size, eval_batch_size, seed, process_index, process_count)
+        self._init_batching(batch_size, eval_batch_size, seed, process_index, process_count, drop_remainder,
+                            device_count)
         self._train_labels = np.asarray(train_labels, np.int32)
         self._test_labels = np.asarray(test_labels, np.int32)
         self._train_ids = reduce_training_set(
@@ -197,7 +214,7 @@ class DataSource(abc.ABC):
             )
         if self.num_eval == 0:
             raise InputError("the test set is empty; a source needs at least one test example")
-        self.steps_per_epoch = self.num_train // batch_size
+        self._plan_epochs()
 
     def _init_batching(
         self,
@@ -206,8 +223,13 @@ class DataSource(abc.ABC):
         seed: int,
         process_index: int | None,
         process_count: int | None,
+        drop_remainder: bool,
+        device_count: int | None,
     ) -> None:
         """Checks and keeps the batch sizes, the seed and this process's place among them."""
+        if not isinstance(drop_remainder, (bool, np.bool_)):
+            raise ConfigError(f"config.data.drop_remainder must be True or False, got {drop_remainder!r}")
+        device_count = jax.device_count() if device_count is None else device_count
         process_count = jax.process_count() if process_count is None else process_count
         process_index = jax.process_index() if process_index is None else process_index
         if not 0 <= process_index < process_count:
@@ -228,22 +250,61 @@ class DataSource(abc.ABC):
         self._process_index = process_index
         self._process_count = process_count
         self._seed = seed
+        self._drop_remainder = bool(drop_remainder)
+        # A last batch must split evenly over the devices and the processes (in a real job
+        # the device count is a multiple of the process count; tests simulate processes).
+        self._shards = math.lcm(positive_int(device_count, "device_count"), process_count)
+
+    def _plan_epochs(self) -> None:
+        """Sets `steps_per_epoch`, `last_batch_size` and `unused_per_epoch` from `num_train`."""
+        full_batches, remainder = divmod(self.num_train, self._global_batch)
+        last = 0 if self._drop_remainder else remainder - remainder % self._shards
+        self.steps_per_epoch = full_batches + (last > 0)
+        self.last_batch_size = last or self._global_batch
+        self.unused_per_epoch = remainder - last
+
+    def remainder_note(self) -> str:
+        """One line on the training examples each epoch leaves out and why; '' if it uses all."""
+        if not self.unused_per_epoch:
+            return ""
+        left_out = (f"{self.unused_per_epoch} of the {self.num_train} training images sit out each epoch "
+                    "(the last of its shuffled order, different ones each epoch)")
+        if self._drop_remainder:
+            return f"{left_out}: config.data.drop_remainder is set, so every batch holds {self._global_batch}."
+        remainder = self.num_train % self._global_batch
+        if self.last_batch_size < self._global_batch:
+            return (f"{left_out}: the {remainder} images after the last full batch make a last batch of "
+                    f"{self.last_batch_size}, a multiple of the {self._shards} devices it is split over.")
+        return (f"{left_out}: the {remainder} images after the last full batch are fewer than the "
+                f"{self._shards} devices a batch is split over.")
 
     def _epoch_entropy(self, stream: int, epoch: int) -> np.random.SeedSequence:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 1:
             raise ValueError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
         return seed_sequence(self._seed, stream, epoch)
 
-    def _train_ids_for_epoch(self, epoch: int, first_step: int = 0) -> np.ndarray:
-        """`[(steps_per_epoch - first_step) * B]`: this process's data-set indices for `epoch`,
-        in batch order, from batch `first_step` on."""
+    def _batch_sizes(self) -> np.ndarray:
+        """`[steps_per_epoch]` global sizes of an epoch's batches: `batch_size`, then
+        `last_batch_size`."""
+        sizes = np.full(self.steps_per_epoch, self._global_batch)
+        sizes[-1] = self.last_batch_size
+        return sizes
+
+    def _train_id_batches(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
+        """This process's data-set indices of each of `epoch`'s batches from batch `first_step`
+        on: its contiguous `1 / process_count` of each global batch, so `[B]` of a full one."""
+        first_step = self._first_step(first_step)
         rng = np.random.default_rng(self._epoch_entropy(SHUFFLE, epoch))
         order = rng.permutation(self.num_train)
-        steps = order[: self.steps_per_epoch * self._global_batch].reshape(
-            self.steps_per_epoch, self._global_batch
-        )[self._first_step(first_step):]
-        start = self._process_index * self._batch
-        return self._train_ids[steps[:, start : start + self._batch].reshape(-1)]
+        ends = np.cumsum(self._batch_sizes())
+        batches = np.split(order[: ends[-1]], ends[:-1])[first_step:]
+        shares = [len(batch) // self._process_count for batch in batches]
+        return [self._train_ids[batch[self._process_index * share : (self._process_index + 1) * share]]
+                for batch, share in zip(batches, shares)]
+
+    def _train_ids_for_epoch(self, epoch: int, first_step: int = 0) -> np.ndarray:
+        """`_train_id_batches` concatenated: cut into batches of `B`, the last may be smaller."""
+        return np.concatenate([np.zeros(0, np.int64), *self._train_id_batches(epoch, first_step)])
 
     def _first_step(self, first_step: int) -> int:
         if isinstance(first_step, bool) or not isinstance(first_step, (int, np.integer)) or not (
@@ -303,7 +364,8 @@ class DataSource(abc.ABC):
 
         Returns:
           an iterator of {"image": float32 `[B, H, W, 3]` normalised, "label": int32 `[B]`},
-          with B the global batch size over the process count.
+          with B the global batch size over the process count; in the last batch,
+          `last_batch_size` over the process count.
         """
 
     @abc.abstractmethod

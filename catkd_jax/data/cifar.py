@@ -19,9 +19,14 @@ from catkd_jax.errors import MissingInputError
 
 
 def check_arrays(
-    train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int | None = None,
 ) -> None:
-    """Raises ValueError unless the images are uint8 `[N, H, W, 3]` of one size, one label each."""
+    """Raises ValueError unless the images are uint8 `[N, H, W, 3]` of one size, with one
+    integer label each, in `[0, num_classes)` when `num_classes` is given."""
     for name, images, labels in (
         ("train", train_images, train_labels),
         ("test", test_images, test_labels),
@@ -30,8 +35,16 @@ def check_arrays(
             raise ValueError(
                 f"{name} images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
             )
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{name} labels must be integers [N], got {labels.dtype} {labels.shape}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} {name} images but {len(labels)} labels")
+        # A label out of range trains to NaN (above) or to nothing (below) without an error.
+        if num_classes is not None and len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise ValueError(
+                f"{name} labels must be in [0, {num_classes}) for {num_classes} classes, "
+                f"got {labels.min()}..{labels.max()}"
+            )
     if train_images.shape[1:] != test_images.shape[1:]:
         raise ValueError(
             f"train images are {train_images.shape[1:]} but test images {test_images.shape[1:]}"
@@ -66,7 +79,7 @@ class InMemorySource(DataSource):
         trivial_augment: bool = False,
         **batching: Any,
     ) -> None:
-        check_arrays(train_images, train_labels, test_images, test_labels)
+        check_arrays(train_images, train_labels, test_images, test_labels, num_classes)
         super().__init__(train_labels, test_labels, num_classes=num_classes, **batching)
         self.image_shape = tuple(train_images.shape[1:])
         self.mean, self.std = tuple(mean), tuple(std)
@@ -102,7 +115,7 @@ class ArraySource(InMemorySource):
         dataset = (
             tf.data.Dataset.from_tensor_slices((ids, self._train_labels[ids]))
             .map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(self._batch, drop_remainder=True)
+            .batch(self._batch)  # the epoch's last batch may be smaller
             .map(lambda images, labels: (self._normalize(images), labels))
             .prefetch(tf.data.AUTOTUNE)
         )

@@ -62,11 +62,16 @@ def _decode_images(paths: Sequence[str]) -> np.ndarray:
         if mismatched.size:
             offset = mismatched[0]
             raise InputError(
-                f"{paths[done + offset]} is {tuple(shapes[offset][:2])} pixels but {paths[0]} "
-                f"is {tuple(expected[:2])}; all images of a folder source must have one size"
+                f"{paths[done + offset]} is {_size(shapes[offset])} pixels but {paths[0]} "
+                f"is {_size(expected)}; all images of a folder source must have one size"
             )
         chunks.append(images)
     return np.concatenate(chunks)
+
+
+def _size(shape: np.ndarray) -> str:
+    """'HxW' of an image's `[H, W, C]` shape."""
+    return f"{int(shape[0])}x{int(shape[1])}"
 
 
 def load_folder(root: str) -> tuple[tuple[np.ndarray, ...], list[str]]:

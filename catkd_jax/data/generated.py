@@ -105,7 +105,7 @@ class SyntheticSource(DataSource):
         return 0.6 * self._templates[labels] + 0.8 * noise, labels
 
     def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        ids = self._train_ids_for_epoch(epoch, first_step).reshape(-1, self._batch)
+        ids = self._train_id_batches(epoch, first_step)
         return (dict(zip(("image", "label"), self.examples(True, batch))) for batch in ids)
 
     def _unaugmented(self, train: bool) -> Iterator[dict[str, np.ndarray]]:
@@ -281,7 +281,7 @@ class ShapesSource(DataSource):
         }
 
     def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        ids = self._train_ids_for_epoch(epoch, first_step).reshape(-1, self._batch)
+        ids = self._train_id_batches(epoch, first_step)
         # One coin per data-set example, not per position, so any process count agrees.
         rng = np.random.default_rng(self._epoch_entropy(AUGMENT, epoch))
         flips = rng.random(len(self._train_labels)) < 0.5

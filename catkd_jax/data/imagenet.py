@@ -49,11 +49,12 @@ class _StreamedImages(DataSource):
     def _normalize(self, images: Any) -> Any:
         return (images / 255.0 - self.mean) / self.std
 
-    def _finish(self, dataset: Any, batch: int, drop_remainder: bool = False) -> Any:
-        """Batches `(image, label, ...)` examples, normalises the images and prefetches."""
+    def _finish(self, dataset: Any, batch: int) -> Any:
+        """Batches `(image, label, ...)` examples (the last batch may be smaller), normalises the
+        images and prefetches."""
         tf = import_tensorflow()
         return (
-            dataset.batch(batch, drop_remainder=drop_remainder)
+            dataset.batch(batch)
             .map(lambda images, *rest: (self._normalize(images), *rest))
             .prefetch(tf.data.AUTOTUNE)
             .with_options(_stream_options())
@@ -115,7 +116,7 @@ class FolderImageSource(_StreamedImages):
         dataset = tf.data.Dataset.from_tensor_slices((ids, self._train_labels[ids])).map(
             load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
-        dataset = self._finish(dataset, self._batch, drop_remainder=True)
+        dataset = self._finish(dataset, self._batch)
         return (
             {"image": images, "label": labels} for images, labels in dataset.as_numpy_iterator()
         )
@@ -151,17 +152,17 @@ class TFDSImageSource(_StreamedImages):
     shuffled order). An epoch shuffles the order of that slice's files and then the records in
     a buffer of `shuffle_buffer`, with seeds from `(seed, epoch)`, so it is reproducible for a
     given process count. Each example's random-resized crop and flip derive from
-    `(seed, epoch, its file name)`. Every process yields `steps_per_epoch` batches (the
-    records left over are skipped, different ones each epoch) and the same number of eval
-    batches, padded and masked. Training-set reduction is not available: it needs every
-    label up front (use the folder source).
+    `(seed, epoch, its file name)`. Every process yields `steps_per_epoch` batches, the last
+    one of its share of `last_batch_size` (the records left over are skipped, different ones
+    each epoch), and the same number of eval batches, padded and masked. Training-set
+    reduction is not available: it needs every label up front (use the folder source).
 
     Args:
       data_dir: TFDS's data directory ('' = TFDS's default).
       image_size, mean, std: as `FolderImageSource`.
       shuffle_buffer: records in the shuffle buffer (each about 110 kB of JPEG).
       The other arguments as `DataSource`: global batch sizes, seed, reduction (which must be
-      off), this process.
+      off), this process, `drop_remainder` and `device_count`.
     """
 
     NAME = "imagenet2012"
@@ -181,6 +182,8 @@ class TFDSImageSource(_StreamedImages):
         reserved_rate: float = 1.0,
         process_index: int | None = None,
         process_count: int | None = None,
+        drop_remainder: bool = False,
+        device_count: int | None = None,
     ) -> None:
         if reserved_classes or reserved_rate != 1.0:
             raise ConfigError(
@@ -189,7 +192,8 @@ class TFDSImageSource(_StreamedImages):
                 f"{self.NAME} does not read; use 0 and 1.0, or image folders with "
                 "--config.data.source=folder"
             )
-        self._init_batching(batch_size, eval_batch_size, seed, process_index, process_count)
+        self._init_batching(batch_size, eval_batch_size, seed, process_index, process_count, drop_remainder,
+                            device_count)
         self._set_recipe(image_size, mean, std)
         self._shuffle_buffer = positive_int(shuffle_buffer, "config.data.shuffle_buffer")
         self._builder = _imagenet_builder(self.NAME, data_dir)
@@ -205,7 +209,7 @@ class TFDSImageSource(_StreamedImages):
             )
         if self.num_eval == 0:
             raise InputError("the validation split is empty; it needs at least one example")
-        self.steps_per_epoch = self.num_train // batch_size
+        self._plan_epochs()
 
     def _slice(self, count: int) -> tuple[int, int]:
         """This process's `[start, stop)` of a split of `count` records."""
@@ -243,15 +247,17 @@ class TFDSImageSource(_StreamedImages):
             seed = tf.random.experimental.stateless_fold_in(epoch_seed, key)
             return augment.train_image(record["image"], seed, size), tf.cast(record["label"], tf.int32)
 
+        # Every process takes the same share of each global batch (`_batch_sizes`) from its
+        # records; skipped and unused records are only read, never decoded.
+        shares = self._batch_sizes() // self._process_count
         dataset = (
             self.records("train", self.num_train, shuffle_seed=int(file_seed))
             .shuffle(self._shuffle_buffer, seed=int(buffer_seed))
-            .skip(first_step * self._batch)  # before decoding: skipped records are only read
+            .skip(int(shares[:first_step].sum()))
+            .take(int(shares[first_step:].sum()))
             .map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         )
-        dataset = self._finish(dataset, self._batch, drop_remainder=True).take(
-            self.steps_per_epoch - first_step
-        )
+        dataset = self._finish(dataset, self._batch)
         return (
             {"image": images, "label": labels} for images, labels in dataset.as_numpy_iterator()
         )

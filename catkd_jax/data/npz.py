@@ -42,12 +42,26 @@ def load_npz(path: str | os.PathLike) -> tuple[tuple[np.ndarray, ...], list[str]
             f"config.data.dir={os.fspath(path)!r} is not a file; data.source='npz' reads one .npz "
             "(write it with catkd_jax.data.npz.save_npz where TensorFlow is installed)"
         )
-    with np.load(path) as file:
+    remedy = "write it with catkd_jax.data.npz.save_npz (see catkd_jax/data/npz.py for the layout)"
+    try:
+        file = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:  # numpy's words for "not an .npy/.npz file"
+        raise InputError(f"{os.fspath(path)} is not an .npz file ({error}); {remedy}") from None
+    if not isinstance(file, np.lib.npyio.NpzFile):
+        raise InputError(f"{os.fspath(path)} holds a single array, not an .npz of named arrays; {remedy}")
+    with file:
         missing = [name for name in (*_ARRAYS, "class_names") if name not in file.files]
         if missing:
-            raise InputError(f"{os.fspath(path)} lacks the arrays {', '.join(missing)}; see catkd_jax.data.npz")
-        arrays = tuple(file[name] for name in _ARRAYS)
-        class_names = [str(name) for name in file["class_names"]]
+            raise InputError(f"{os.fspath(path)} lacks the arrays {', '.join(missing)}; {remedy}")
+        try:
+            arrays = tuple(file[name] for name in _ARRAYS)
+            class_names = [str(name) for name in np.atleast_1d(file["class_names"])]
+        except ValueError as error:  # an array of Python objects, which is never loaded (pickle)
+            raise InputError(f"{os.fspath(path)} cannot be read without pickle ({error}); {remedy}") from None
+    try:
+        check_arrays(*arrays, num_classes=len(class_names))
+    except ValueError as error:
+        raise InputError(f"{os.fspath(path)}: {error}; {remedy}") from None
     return arrays, class_names
 
 
@@ -60,7 +74,7 @@ class NumpyArraySource(InMemorySource):
         return (images.astype(np.float32) / np.float32(255.0) - mean) / std
 
     def train_batches(self, epoch: int, first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        ids = self._train_ids_for_epoch(epoch, first_step).reshape(-1, self._batch)
+        ids = self._train_id_batches(epoch, first_step)
         # One draw per data-set example, not per position: any process count agrees.
         rng = np.random.default_rng(self._epoch_entropy(AUGMENT, epoch))
         offsets = rng.integers(0, 2 * PAD + 1, (len(self._train_labels), 2))

@@ -4,9 +4,11 @@ The ResNets are torchvision's (which mdistiller's ImageNet ResNets load their te
 a 7x7 stride-2 stem, a 3x3 stride-2 max pool, four stages (64, 128, 256, 512 planes; stride
 1, 2, 2, 2) of basic or bottleneck (expansion 4, stride on the 3x3 conv: "v1.5") blocks, with
 the projection called `downsample`. MobileNetV1 is mdistiller's `models/imagenet/mobilenetv1.py`
-(the students' "MobileNet"): a 3x3 stride-2 stem and 13 depthwise-separable blocks, all one
-`nn.Sequential` called `model`. Both downsample by 32, so `features` is `[N, 7, 7, K]` for the
-224x224 inputs of ImageNet training (K = 512, 2048 or 1024) and the classifier is `fc`.
+(the students' "MobileNet"; in the CAT-KD code `models/imagenet/mobilenetv2.py`, named
+`MobileNetV2`, with the CAM-head `MobileNetV2_test`): a 3x3 stride-2 stem and 13
+depthwise-separable blocks, all one `nn.Sequential` called `model`. Both downsample by 32, so
+`features` is `[N, 7, 7, K]` for the 224x224 inputs of ImageNet training (K = 512, 2048 or
+1024) and the classifier is `fc`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, torch_default_kernel_init
+from catkd_jax.models.layers import (
+    BatchNorm,
+    Dtype,
+    classify,
+    conv,
+    kaiming_normal_fan_out,
+    torch_default_kernel_init,
+)
 from catkd_jax.models.resnet import BasicBlock
 from catkd_jax.models.resnet_v2 import Bottleneck, four_stages
 
@@ -53,8 +62,16 @@ class ImageNetResNet(nn.Module):
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         x = _max_pool_3x3_s2(x)
         x = four_stages(x, self.block, self.num_blocks, train, self.dtype)
-        # torchvision keeps PyTorch's default Linear init for `fc`, which `classify` defaults to.
-        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        # torchvision and mdistiller keep PyTorch's default Linear init for `fc`, which `classify`
+        # defaults to; mdistiller's CAM-head ResNet*_test makes `conv_test` before its init loop,
+        # which draws it like every conv.
+        logits = classify(
+            x,
+            self.num_classes,
+            use_bias=self.classifier_bias,
+            dtype=self.dtype,
+            cam_head_kernel_init=kaiming_normal_fan_out,
+        )
         return logits, x
 
 
@@ -105,8 +122,8 @@ class MobileNetV1(nn.Module):
             x = nn.relu(norm(f"model.{index}.1")(x))
             x = conv_(channels, 1, padding=0, name=f"model.{index}.3")(x)
             x = nn.relu(norm(f"model.{index}.4")(x))
-        # The reference's AvgPool2d(7) is the global average pool at 224x224; `fc` keeps
-        # PyTorch's default Linear init.
+        # The reference's AvgPool2d(7) is the global average pool at 224x224; `fc` and the CAM
+        # head `conv_test` keep PyTorch's defaults (`classify`'s).
         logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
         return logits, x
 

@@ -203,13 +203,19 @@ def classify(
     dtype: Dtype = jnp.float32,
     kernel_init: nn.initializers.Initializer = torch_default_kernel_init,
     bias_init: nn.initializers.Initializer | None = None,
+    cam_head_kernel_init: nn.initializers.Initializer = torch_default_kernel_init,
 ) -> jax.Array:
     """The head: global average pooling, then the linear classifier whose kernel makes the CAMs.
 
     `features [N, H, W, K] -> logits [N, C]`. The Dense (kernel `[K, C]`) is always named
-    'classifier'. Initialisation defaults to PyTorch's Linear default (`bias_init=None`:
-    U(+-1/sqrt(K))); families whose reference overrides it pass their own. Call it from a
-    compact `__call__`: the Dense belongs to the calling model.
+    'classifier'. With a bias it is the reference's `nn.Linear`: initialisation defaults to
+    PyTorch's Linear default (`bias_init=None`: U(+-1/sqrt(K))); families whose reference
+    overrides it pass their own `kernel_init`/`bias_init`. Without a bias it is the CAM head,
+    the reference's bias-free 1x1 convolution `conv_test` `[C, K, 1, 1]`, a different module
+    with its own initialisation: `cam_head_kernel_init`, by default PyTorch's Conv2d default,
+    U(+-1/sqrt(K)) as for the Linear; a family whose init loop reaches `conv_test` passes what
+    that loop draws (`kaiming_normal_fan_out` gives N(0, 2 / C) here as there: the fan-out of
+    both kernels is C). Call it from a compact `__call__`: the Dense belongs to the calling model.
     """
     pooled = global_avg_pool(features)
     return nn.Dense(
@@ -217,7 +223,7 @@ def classify(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=kernel_init,
+        kernel_init=kernel_init if use_bias else cam_head_kernel_init,
         bias_init=bias_init or torch_default_bias_init(pooled.shape[-1]),
         name="classifier",
     )(pooled)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, kaiming_normal_fan_out
 
 # (expansion or None for the model's, output channels before width scaling, blocks, stride).
 _STAGES: tuple[tuple[int | None, int, int, int], ...] = (
@@ -87,6 +87,8 @@ class MobileNetV2(nn.Module):
         x = conv(last_channel, 1, dtype=self.dtype, name="conv2.0")(x)
         x = nn.relu(norm("conv2.1")(x))
         # The reference's AvgPool2d(2, ceil_mode=True) covers the whole 2x2 map of a 32x32 input.
+        # Its init loop draws the Linear N(0, 0.01) with a zero bias, and the CAM-head `conv_test`
+        # (made before the loop) like every conv.
         logits = classify(
             x,
             self.num_classes,
@@ -94,6 +96,7 @@ class MobileNetV2(nn.Module):
             dtype=self.dtype,
             kernel_init=nn.initializers.normal(stddev=0.01),
             bias_init=nn.initializers.zeros,
+            cam_head_kernel_init=kaiming_normal_fan_out,
         )
         return logits, x
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, kaiming_normal_fan_out
 
 
 def shortcut(
@@ -75,5 +75,13 @@ class CifarResNet(nn.Module):
                 x = BasicBlock(
                     planes, stride if index == 0 else 1, dtype=self.dtype, name=f"layer{stage}.{index}"
                 )(x, train)
-        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        # The reference's `fc` keeps PyTorch's Linear default; its CAM-head `conv_test` is made
+        # before the init loop, which draws it like every conv.
+        logits = classify(
+            x,
+            self.num_classes,
+            use_bias=self.classifier_bias,
+            dtype=self.dtype,
+            cam_head_kernel_init=kaiming_normal_fan_out,
+        )
         return logits, x

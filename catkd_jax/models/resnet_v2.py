@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, kaiming_normal_fan_out
 from catkd_jax.models.resnet import BasicBlock, shortcut
 
 
@@ -80,7 +80,15 @@ class ResNetV2(nn.Module):
         x = conv(64, 3, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         x = four_stages(x, self.block, self.num_blocks, train, self.dtype)
-        logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        # As in the CIFAR ResNets: `linear` keeps PyTorch's Linear default, the init loop draws
+        # the CAM-head `conv_test` (made before it) like every conv.
+        logits = classify(
+            x,
+            self.num_classes,
+            use_bias=self.classifier_bias,
+            dtype=self.dtype,
+            cam_head_kernel_init=kaiming_normal_fan_out,
+        )
         return logits, x
 
 

@@ -60,6 +60,8 @@ class VGG(nn.Module):
             x = nn.relu(x)
             if block < 3:
                 x = _max_pool(x)
+        # The init loop draws the Linear N(0, 0.01) with a zero bias; VGG_test makes its CAM-head
+        # `conv_test` after that loop, so it keeps PyTorch's Conv2d default (`classify`'s).
         logits = classify(
             x,
             self.num_classes,

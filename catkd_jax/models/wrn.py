@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv
+from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, kaiming_normal_fan_out
 
 
 class BasicBlock(nn.Module):
@@ -71,13 +71,15 @@ class WideResNet(nn.Module):
                     name=f"block{stage}.layer.{index}",
                 )(x, train)
         x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
-        # The reference zeroes the Linear bias but keeps PyTorch's default weight init.
+        # The reference zeroes the Linear bias but keeps PyTorch's default weight init; its
+        # init loop draws the CAM-head `conv_test` like every conv, N(0, 2 / fan_out).
         logits = classify(
             x,
             self.num_classes,
             use_bias=self.classifier_bias,
             dtype=self.dtype,
             bias_init=nn.initializers.zeros,
+            cam_head_kernel_init=kaiming_normal_fan_out,
         )
         return logits, x
 

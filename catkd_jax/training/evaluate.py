@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 from typing import Any, Callable
@@ -69,6 +70,8 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
 
     A multi-run workdir (`run_<k>` directories, `catkd_jax.runs`) evaluates every run, prints a
     line each and the mean ± std, and returns `{"runs": [...], "test_acc": {"mean", "std", "runs"}}`.
+    A run whose loss diverged (its workdir's summary.json says so) is marked, evaluated at its
+    last good checkpoint if it has one, and left out of the mean (absent if every run diverged).
     """
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -79,11 +82,35 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -
     run_dirs = runs.run_directories(path) if path.is_dir() and not (path / "checkpoints").exists() else []
     if not run_dirs:
         return _evaluate_network(config, checkpoint, source_for, mesh)
-    results = [_evaluate_network(config, directory, source_for, mesh, label=f"{directory.name}: ")
-               for directory in run_dirs]
-    accuracy = runs.mean_and_std([result["test_acc"] for result in results])
-    report(f"mean ± std over {len(results)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
+    diverged = _diverged_epochs(path)
+    results = []
+    for directory in run_dirs:
+        label = f"{directory.name}: "
+        epoch = diverged.get(directory.name)
+        if epoch is not None:
+            label = f"{directory.name} (diverged in epoch {epoch}, left out of the mean): "
+            if not checkpoints.has_training_checkpoints(directory):
+                report(f"{label}no checkpoint was kept")
+                results.append({"diverged_epoch": epoch})
+                continue
+        results.append(_evaluate_network(config, directory, source_for, mesh, label=label)
+                       | ({} if epoch is None else {"diverged_epoch": epoch}))
+    kept = [result["test_acc"] for result in results if "diverged_epoch" not in result]
+    if not kept:
+        report(f"no mean: every one of the {len(results)} runs diverged")
+        return {"runs": results}
+    accuracy = runs.mean_and_std(kept)
+    report(f"mean ± std over {len(kept)} runs: top1 {accuracy['mean']:.2f} ± {accuracy['std']:.2f}")
     return {"runs": results, "test_acc": accuracy}
+
+
+def _diverged_epochs(workdir: pathlib.Path) -> dict[str, int]:
+    """`{run name: epoch}` of the runs whose loss diverged, as the workdir's summary.json says."""
+    summary = workdir / "summary.json"
+    if not summary.is_file():
+        return {}
+    rows = json.loads(summary.read_text()).get("runs", [])
+    return {row["run"]: row["diverged_epoch"] for row in rows if row.get("diverged_epoch")}
 
 
 def _evaluate_network(config, checkpoint, source_for, mesh, label: str = "") -> dict[str, Any]:

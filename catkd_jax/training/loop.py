@@ -22,9 +22,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import checkpoints, interruption, methods, outputs, record, runs, sharding
+from catkd_jax import checkpoints, interruption, outputs, record, runs, sharding, validation
 from catkd_jax.console import report
-from catkd_jax.errors import ConfigError, UserError
+from catkd_jax.errors import DivergedError, UserError
 from catkd_jax.data import create_source
 from catkd_jax.models import canonical_name, create_model
 from catkd_jax.training.evaluate import evaluate_runs
@@ -145,13 +145,15 @@ def _restore(savers, state: TrainState, directories) -> tuple[TrainState, list[d
 def _resumed_progress(metas: list[dict[str, Any]], steps_per_epoch: int) -> _Progress:
     """The progress the runs' checkpoint metas record (after an epoch, or mid-epoch)."""
     meta = metas[0]
+    epoch_step = meta.get("epoch_step", steps_per_epoch)  # none: saved after its epoch
+    if meta["step"] != (meta["epoch"] - 1) * steps_per_epoch + epoch_step:
+        raise UserError(
+            f"the checkpoint of step {meta['step']} (epoch {meta['epoch']}) was saved with another number of "
+            f"steps per epoch than this config's {steps_per_epoch} (data set, batch size, data.drop_remainder "
+            "or device count); resume with the config and devices it was made with"
+        )
     if "epoch_step" not in meta:
         return _Progress(epoch=meta["epoch"] + 1)
-    if meta["step"] != (meta["epoch"] - 1) * steps_per_epoch + meta["epoch_step"]:
-        raise UserError(
-            f"the checkpoint of step {meta['step']} was saved with another number of steps per epoch "
-            "(data set or batch size); resume with the config it was made with"
-        )
     sums = {name: np.asarray([m["epoch_sums"][name] for m in metas], np.float32) for name in meta["epoch_sums"]}
     return _Progress(epoch=meta["epoch"], epoch_step=meta["epoch_step"], epoch_sums=sums)
 
@@ -173,14 +175,12 @@ def train_and_evaluate(
     checkpoint while the others go on.
     """
     workdir = pathlib.Path(workdir)
+    validation.check_config(config)
+    record.check_allowed_changes(config, allow_changes)
+    config = record.with_absolute_paths(config)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    if config.num_epochs < 1:
-        raise ConfigError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
-    if config.log_every_steps < 0:
-        raise ConfigError(f"config.log_every_steps must be >= 0 (0: never), got {config.log_every_steps}")
-    methods.get_method(config.method)
     plan = runs.plan_runs(config)
     directories = plan.directories(workdir)
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
@@ -194,31 +194,45 @@ def train_and_evaluate(
     student = create_model(student_arch, source.num_classes, dtype, config.student.classifier_bias)
     weights = initial_weights(config, student, source.image_shape)
     outputs.check_writable(workdir / record.CONFIG_FILE)  # before a teacher trains for an hour
-    resuming = any(checkpoints.has_training_checkpoints(directory) for directory in directories)
+    # Any run's checkpoints count, not only those of this config's runs: another runs.seeds
+    # must not start new runs beside them.
+    resuming = any(checkpoints.has_training_checkpoints(directory)
+                   for directory in {*directories, workdir, *runs.run_directories(workdir)})
     changes = record.check_resume(workdir, config, allow_changes) if resuming else {}
     teacher, teacher_variables = load_teacher(config, workdir, source.num_classes, source.image_shape,
                                               train_teacher=train_and_evaluate)
     if teacher_variables is not None:
         teacher_variables = sharding.replicate(teacher_variables, mesh)
 
+    def write_records(first_step: int = 0) -> None:
+        """The workdir's config.json (and each run's): how the checkpoints from `first_step` on are made."""
+        if jax.process_index() == 0:
+            record.write(workdir, config, changes, first_step)
+            if plan.multiple:
+                for directory, run_config in zip(directories, run_configs):
+                    (directory / record.CONFIG_FILE).write_text(run_config.to_json_best_effort(indent=2) + "\n")
+
     # Validated: from here on the workdir is written.
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        record.write(workdir, config, changes)
-        for directory, run_config in zip(directories, run_configs):
+        for directory in directories:
             directory.mkdir(exist_ok=True)
-            if plan.multiple:
-                (directory / record.CONFIG_FILE).write_text(run_config.to_json_best_effort(indent=2) + "\n")
+    if not resuming:
+        write_records()
     if config.optim.lr_batch_size and config.batch_size != config.optim.lr_batch_size:
         report(f"Learning rate {config.optim.lr:g} is for a batch of {config.optim.lr_batch_size}; "
                 f"scaled linearly to {base_learning_rate(config):g} for the batch of {config.batch_size}.")
+    if source.remainder_note():
+        report(source.remainder_note())
     savers = [checkpoints.TrainCheckpoints(directory, config.checkpoint.keep,
                                            barrier_prefix=run.name if plan.multiple else "")
               for run, directory in zip(plan.runs, directories)]
     abandon_saves = False
     try:
+        # A resume's record changes with its first checkpoint: config.json describes the kept
+        # checkpoints even when the run stops (diverges, is interrupted) before saving one.
         return _train_runs(config, workdir, plan, directories, run_configs, sources, student, weights, teacher,
-                           teacher_variables, savers, mesh)
+                           teacher_variables, savers, mesh, write_records if resuming else None)
     except BaseException as error:
         # With several processes, a save in flight waits for all of them, and after an error that
         # not all of them share, one may be gone: the caller ends this process instead.
@@ -233,12 +247,13 @@ def train_and_evaluate(
 
 # Ends of a run that every process of a job reaches together (same config, agreed stop step,
 # same global loss).
-_STOPS_ALL_PROCESSES_SHARE = (interruption.Interrupted, UserError, FloatingPointError)
+_STOPS_ALL_PROCESSES_SHARE = (interruption.Interrupted, UserError)
 
 
 def _train_runs(config, workdir, plan, directories, run_configs, sources, student, weights, teacher,
-                teacher_variables, savers, mesh) -> dict[str, Any]:
-    """`train_and_evaluate` once the workdir is set up: restore, train every epoch, summarise."""
+                teacher_variables, savers, mesh, write_records: Callable[[int], None] | None) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir is set up: restore, train every epoch, summarise;
+    `write_records(step)`, if given, after the first checkpoint saved."""
     source = sources[0]
     steps_per_epoch = source.steps_per_epoch
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights)
@@ -285,6 +300,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     def save(state_on_host: dict[str, Any], epoch: int, global_step: int, test_acc: list[float | None],
              partial: dict[str, Any] | None = None) -> None:
         """Each live run's checkpoint at `global_step`; `partial` holds a mid-epoch save's progress."""
+        nonlocal write_records
         for k, (run, saver) in enumerate(zip(plan.runs, savers)):
             standing = standings[k]
             if standing.diverged_epoch:
@@ -298,6 +314,11 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                 meta.update(epoch_step=partial["epoch_step"],
                             epoch_sums={name: float(value[k]) for name, value in partial["sums"].items()})
             saver.save(runs.unstack(state_on_host, k), meta, test_acc[k])
+        if write_records is not None:  # once this checkpoint is complete: the record must not run ahead of it
+            for saver in savers:
+                saver.wait()
+            write_records(global_step)
+            write_records = None
 
     try:
         with interruption.StopRequests() as stop:
@@ -327,9 +348,9 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                     if not math.isfinite(train[k]["train_loss"]):
                         standing.diverged_epoch, standing.diverged_loss = epoch, train[k]["train_loss"]
                         if plan.multiple:
-                            report(f"{run.name} ({plan.describe(run)}): "
-                                   f"{_divergence_message(savers[k], directory, epoch, standing.diverged_loss)} "
-                                   "The other runs go on.")
+                            message = _divergence_message(savers[k], directory, epoch, steps_per_epoch,
+                                                          standing.diverged_loss)
+                            report(f"{run.name} ({plan.describe(run)}): {message} The other runs go on.")
                         continue
                     standing.final_acc = evaluation[k]["test_acc"]
                     is_best = standing.final_acc > standing.best_acc
@@ -367,8 +388,9 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     student_arch = info["arch"]
     if not plan.multiple:
         if standings[0].diverged_epoch:
-            message = _divergence_message(savers[0], workdir, standings[0].diverged_epoch, standings[0].diverged_loss)
-            raise FloatingPointError(f"stopping: {message}")
+            message = _divergence_message(savers[0], workdir, standings[0].diverged_epoch, steps_per_epoch,
+                                          standings[0].diverged_loss)
+            raise DivergedError(f"stopping: {message}")
         report(f"{student_arch} ({config.method}): best test accuracy {results[0]['best_test_acc']:.2f}% "
                 f"(epoch {results[0]['best_epoch']}), final {results[0]['final_test_acc']:.2f}%")
         return results[0]
@@ -376,14 +398,19 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     runs.write_summary(workdir, summary)
     report(f"{student_arch} ({config.method}), {len(plan.runs)} runs in one program:\n{runs.format_table(summary)}")
     if all(standing.diverged_epoch for standing in standings):
-        raise FloatingPointError(f"every run diverged; see {workdir / 'summary.json'}")
+        raise DivergedError(f"every run diverged; see {workdir / 'summary.json'} and the lines above. "
+                            "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy")
     return summary
 
 
-def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.Path, epoch: int, loss: float) -> str:
-    kept = (f"The last good checkpoint is kept in {directory / 'checkpoints'}"
-            if saver.newest_step() is not None else "No checkpoint was written")
-    return (f"the training loss became {loss} in epoch {epoch}. {kept}. "
+def _divergence_message(saver: checkpoints.TrainCheckpoints, directory: pathlib.Path, epoch: int,
+                        steps_per_epoch: int, loss: float) -> str:
+    """Where the loss became `loss` (it is checked once an epoch), what is kept and what to try."""
+    newest = saver.newest_step()
+    kept = (f"The last good checkpoint (step {newest}) is kept in {directory / 'checkpoints'}" if newest is not None
+            else "No checkpoint was written")
+    return (f"the training loss became {loss} in epoch {epoch} (steps {(epoch - 1) * steps_per_epoch + 1}-"
+            f"{epoch * steps_per_epoch}). {kept}. "
             "Lower optim.lr, check the data, or (distilling) check the teacher's accuracy.")
 
 
@@ -406,7 +433,9 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progr
     """The epoch's training steps from `progress.epoch_step` on, until done or asked to stop.
 
     `step(state, batch) -> (state, metrics)` is the multi-run step; `sources` holds one
-    source (inputs shared by all runs) or one per run. Returns the state, the epoch's per-step
+    source (inputs shared by all runs) or one per run. An epoch's last batch may be smaller
+    (`DataSource.last_batch_size`): the step then compiles once more for its shape, and the
+    metric sums weigh each step by its images (`count`). Returns the state, the epoch's per-step
     metric sums (`[R]` each, `progress.epoch_sums` included) and the epoch's steps done: fewer
     than `steps_per_epoch` when `stop` asked for it. The epoch's last step is not offered to
     `stop`: the caller evaluates first. Every `log_every` global steps, `log_steps(epoch,

@@ -93,7 +93,9 @@ def initial_weights(
         return None
     expected = jax.eval_shape(lambda key: initialize(student, key, image_shape), jax.random.key(0))
     variables, _ = checkpoints.load_variables(path, arch=config.student.arch,
-                                              num_classes=expected["params"]["classifier"]["kernel"].shape[-1])
+                                              num_classes=expected["params"]["classifier"]["kernel"].shape[-1],
+                                              setting="config.student.init_checkpoint",
+                                              classifier_bias=config.student.classifier_bias)
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     if jax.tree_util.tree_map(np.shape, variables) != jax.tree_util.tree_map(np.shape, expected):
         raise UserError(

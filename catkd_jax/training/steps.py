@@ -65,7 +65,9 @@ def make_student_step(
 ) -> Callable[[TrainState, dict[str, jax.Array], methods.Outputs | None], tuple[TrainState, Metrics]]:
     """`(state, batch, teacher_outputs) -> (state, metrics)`: the student's update alone.
 
-    Metrics are per-step sums (`loss`, each loss term, `correct`, `count`) that stay on device.
+    The losses are means over the batch, whatever its size, as PyTorch's (a smaller last batch
+    of an epoch is the mean over its images). Metrics are per-step sums (`loss`, each loss
+    term, `correct`, `count`: each mean times the batch's images) that stay on device.
     """
     method = methods.get_method(config.method)
 
@@ -134,11 +136,13 @@ def make_multi_run_step(
 
     `(states [R, ...], batch, teacher_variables, values [R]) -> (states, metrics [R])`: `batch`
     is `[B, ...]` when the runs share their inputs, else `[R, B, ...]`; `values` are the swept
-    field's (`plan.values()`). The teacher runs once on the shared batch, or once on all runs'
-    batches together. The students are `jax.vmap`ped (`vectorize`: one batched program, for
-    accelerators) or their steps unrolled one after another in the same program (XLA's CPU
-    convolutions are several times slower batched over runs; see `runs.vectorize`). Each run
-    builds its optimiser from its own config, so optimiser fields can be swept.
+    field's (`plan.values()`). B may change between calls (an epoch's smaller last batch):
+    jitted, the step then compiles once more, for that shape. The teacher runs once on the
+    shared batch, or once on all runs' batches together. The students are `jax.vmap`ped
+    (`vectorize`: one batched program, for accelerators) or their steps unrolled one after
+    another in the same program (XLA's CPU convolutions are several times slower batched over
+    runs; see `runs.vectorize`). Each run builds its optimiser from its own config, so
+    optimiser fields can be swept.
     """
     teacher_forward = make_teacher_forward(config, teacher)
     run_axis = None if plan.shared_inputs else 0

@@ -14,7 +14,7 @@ from catkd_jax.console import report
 from catkd_jax.models import create_model, folding
 from catkd_jax.training.state import activation_dtype
 from catkd_jax.types import Variables
-from catkd_jax.errors import ConfigError
+from catkd_jax.errors import ConfigError, MissingInputError
 
 
 def teacher_inference_variables(
@@ -59,6 +59,11 @@ def load_teacher(
                 "checkpoint, converted model or .pth, or set config.teacher.train_if_missing=True"
             )
         path = os.path.join(workdir, "teacher")
+        if not os.path.isfile(config.teacher.config):
+            problem = f"{config.teacher.config!r} is not a file" if config.teacher.config else "it is empty"
+            raise (MissingInputError if config.teacher.config else ConfigError)(
+                f"config.teacher.train_if_missing trains the teacher with config.teacher.config, but {problem}; "
+                "point it at the teacher's config file (e.g. configs/cifar100_teacher_resnet32x4.py)")
         teacher_config = config_files.load_config(config.teacher.config)
         teacher_config.student.arch = config.teacher.arch
         teacher_config.data = config.data  # the teacher must learn the same classes
@@ -66,7 +71,8 @@ def load_teacher(
             teacher_config.num_epochs = config.teacher.num_epochs
         report(f"Training the teacher {config.teacher.arch} in {path} first.")
         train_teacher(teacher_config, path)
-    variables, _ = checkpoints.load_variables(path, arch=config.teacher.arch, num_classes=num_classes)
+    variables, _ = checkpoints.load_variables(path, arch=config.teacher.arch, num_classes=num_classes,
+                                              setting="config.teacher.checkpoint")
     has_bias = "bias" in variables["params"]["classifier"]
     teacher = create_model(config.teacher.arch, num_classes, activation_dtype(config), has_bias)
     return teacher, teacher_inference_variables(config, teacher, variables, image_shape)
