@@ -199,9 +199,13 @@ def test_a_field_the_record_lacks_counts_as_its_default():
 
 def test_checkpoint_paths_are_recorded_absolute_and_an_older_relative_record_still_matches(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = _config(teacher__checkpoint="runs/teacher", student__init_checkpoint="")
+    config = _config(teacher__checkpoint="runs/teacher", student__init_checkpoint="",
+                     teacher__config="configs/cifar100_teacher_resnet32x4.py")
     absolute = record.with_absolute_paths(config)
     assert absolute.teacher.checkpoint == str(tmp_path / "runs" / "teacher")
+    # Config files now name their teacher's config absolute (config_files.beside): a record that
+    # named it from the checkout is the same file.
+    assert absolute.teacher.config == str(tmp_path / "configs" / "cifar100_teacher_resnet32x4.py")
     assert absolute.student.init_checkpoint == ""  # none stays none
     # A record written before paths were made absolute meant them from the working directory.
     assert record.changed_fields(record.as_json(config), absolute) == {}
