@@ -83,15 +83,16 @@ def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
 
 
 def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_path, monkeypatch):
-    config = lambda: tiny_config(num_epochs=1, runs__seeds=(0, 1))
+    # Stopped before the smaller last batch, which the resumed program then trains.
+    config = lambda: tiny_config(num_epochs=1, runs__seeds=(0, 1), data__synthetic_train_size=72)
     training.train_and_evaluate(config(), tmp_path / "uninterrupted")
     with monkeypatch.context() as patch:
-        signal_at_step(patch.setattr, 3, signal.SIGTERM)
-        with pytest.raises(interruption.Interrupted, match="at epoch 1, step 3:"):
+        signal_at_step(patch.setattr, STEPS_PER_EPOCH - 1, signal.SIGTERM)
+        with pytest.raises(interruption.Interrupted, match="at epoch 1, step 4:"):
             training.train_and_evaluate(config(), tmp_path / "resumed")
     for run in ("run_0", "run_1"):
         _, meta = checkpoints.load_variables(tmp_path / "resumed" / run)
-        assert (meta["step"], meta["epoch_step"]) == (3, 3)
+        assert (meta["step"], meta["epoch_step"]) == (4, 4)
     training.train_and_evaluate(config(), tmp_path / "resumed")
     _assert_same_run(tmp_path / "resumed", tmp_path / "uninterrupted")
     summary = lambda path: json.loads((path / "summary.json").read_text())
