@@ -26,12 +26,12 @@ import io
 import json
 import pathlib
 import re
-import sys
 from typing import Callable
 
 import numpy as np
 import torch
 
+import original_code  # the sibling module: python puts this directory first on the path
 from catkd_jax.models import create_model, list_models
 
 # Our ImageNet architectures under the original's `imagenet_model_dict` names.
@@ -128,19 +128,16 @@ def dumps(content: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--code", type=pathlib.Path, required=True, help="the folder that holds `mdistiller`")
+    original_code.add_code_argument(parser)
     parser.add_argument("--out", type=pathlib.Path, required=True, help="the JSON file to write")
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before each network")
     args = parser.parse_args(argv)
-    if not (args.code / "mdistiller" / "models" / "cifar" / "resnet.py").is_file():
-        parser.error(f"--code {args.code}: no mdistiller/models/cifar/resnet.py there; give the folder that holds "
-                     "the original CAT-KD code's mdistiller package")
+    original_code.use_code(parser, args.code, "models/cifar/resnet.py")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    sys.path.insert(0, str(args.code))  # where `mdistiller` is imported from
     text = dumps(collect(args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import sys
 import time
 import types
 from typing import Callable
 
 import torch
 
+import original_code  # the sibling module: python puts this directory first on the path
 from catkd_jax import default_config
 
 NUM_CLASSES = 100
@@ -121,7 +120,7 @@ def measure(teacher: str | None, student: str, batch_size: int, steps: int, warm
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--code", type=pathlib.Path, required=True, help="the folder that holds `mdistiller`")
+    original_code.add_code_argument(parser)
     parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20,wrn_40_2:ShuffleV1",
                         type=lambda text: [(*pair.split(":"),) if ":" in pair else (None, pair) for pair in text.split(",")],
                         help="comma-separated teacher:student pairs (CAT-KD), or students alone (vanilla training)")
@@ -130,15 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed trainer iterations first")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
     args = parser.parse_args(argv)
-    if not (args.code / "mdistiller" / "distillers" / "CAT_KD.py").is_file():
-        parser.error(f"--code {args.code}: no mdistiller/distillers/CAT_KD.py there; give the folder that holds "
-                     "the original CAT-KD code's mdistiller package")
+    original_code.use_code(parser, args.code, "distillers/CAT_KD.py")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    sys.path.insert(0, str(args.code))  # where `mdistiller` is imported from
     results = [measure(teacher, student, args.batch_size, args.steps, args.warmup)
                for teacher, student in args.pairs]
     if args.json:

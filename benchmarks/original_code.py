@@ -1,0 +1,21 @@
+"""The original CAT-KD code, as the reference scripts read it: its `mdistiller` package in a
+folder given with `--code` (e.g. `git archive HEAD mdistiller` of the original repository)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def add_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--code", type=pathlib.Path, required=True, help="the folder that holds `mdistiller`")
+
+
+def use_code(parser: argparse.ArgumentParser, folder: pathlib.Path, required: str) -> None:
+    """Makes `mdistiller` importable from `folder`, or ends the script in one line (argparse's
+    error) when `folder/mdistiller/required` is not there."""
+    if not (folder / "mdistiller" / required).is_file():
+        parser.error(f"--code {folder}: no mdistiller/{required} there; give the folder that holds "
+                     "the original CAT-KD code's mdistiller package")
+    sys.path.insert(0, str(folder))
