@@ -165,12 +165,15 @@ def _checkpoint_files(workdir) -> list[str]:
     return sorted(str(path.relative_to(workdir)) for path in (workdir / "checkpoints").rglob("*"))
 
 
-@pytest.mark.parametrize("point", ["import of JAX", "config file", "workdir written"])
+@pytest.mark.parametrize("point", ["import of absl", "import of JAX", "config file", "workdir written"])
 def test_a_signal_in_start_up_ends_at_once_saying_truly_what_is_kept(point, tmp_path):
     workdir = tmp_path / "run"
     command = tiny_main_command(workdir)
     setup, code, signal_name = "", 130, "SIGINT"
-    if point == "import of JAX":  # the first seconds: flags parsed, libraries importing
+    if point == "import of absl":  # the command line's own imports (catkd_jax.launch's handler)
+        setup = "signalling.signal_on_import('absl', signal.SIGINT)"
+        expected = " before anything was written; run the same command to start again"
+    elif point == "import of JAX":  # the first seconds: flags parsed, libraries importing
         setup = "signalling.signal_on_import('jax', signal.SIGINT)"
         expected = " before anything was written; run the same command to start again"
     elif point == "config file":  # while --config is read, before the workdir is known
