@@ -278,9 +278,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         message = f"{error}. Run with --helpshort to list the flags"
     except Exception as error:  # pylint: disable=broad-except; told in one line below, or raised again
-        if _raised_in_file(error, config_path):  # the config file's own code: a syntax error, a misspelt name
-            message = str(_config_load_error(config_path, error))
-        elif isinstance(error, OSError) or _lacks_get_config(error):  # the config file could not be loaded
+        # The config file's own code (a syntax error, a misspelt name), or a file that could not be loaded.
+        if _raised_in_file(error, config_path) or isinstance(error, OSError) or _lacks_get_config(error):
             message = str(_config_load_error(config_path, error))
         elif isinstance(error, (AttributeError, KeyError)):  # an override of a field the config does not have
             message = _unknown_field_message(argv, error)

@@ -36,8 +36,10 @@ _METRICS = {"best_test_acc": 2, "final_test_acc": 2, "cam_localization": 1}
 # Fields the quickstart does not read (it trains its own teacher, then a vanilla and a CAT-KD
 # student per seed): another value than the default would be ignored without a word.
 _UNREAD_FIELDS = ("method", "teacher.checkpoint", "teacher.train_if_missing", "runs.sweep")
-# Fields that cannot change the quickstart's results (its summary.json and cams.png).
-_RESULT_NEUTRAL_FIELDS = ("eval_batch_size", "log_every_steps", "checkpoint.", "probe.")
+# Fields that cannot change the quickstart's results (its summary.json and cams.png): those that
+# a resume may change (`record.NEUTRAL_FIELDS`) but the number of epochs, which a resume extends
+# and which here sets the results of fresh runs.
+_RESULT_NEUTRAL_FIELDS = tuple(field for field in record.NEUTRAL_FIELDS if field != "num_epochs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,23 +99,32 @@ def test_a_multi_run_program_resumes_every_run_mid_epoch_bit_identically(tmp_pat
     assert summary(tmp_path / "resumed") == summary(tmp_path / "uninterrupted")
 
 
-# `python -c` program: main.py with a signal at a fixed step (see `signalling`).
+# `python -c` program: main.py after a line of `signalling` calls (a signal at a fixed point).
 TESTS_ON_PATH = {"PYTHONPATH": str(REPO_ROOT / "tests")}
 DRIVER = """
 import runpy, signal, sys
-from signalling import signal_at_step
-signal_at_step(setattr, {step}, signal.{signal})
+import signalling
+{setup}
 sys.argv = {argv!r}
 runpy.run_path({main!r}, run_name="__main__")
 """
 
 
+def driven_command(main_command: list[str], setup: str) -> list[str]:
+    """`main_command` (`[python, main.py, flags...]`) run after `setup`, a line of `signalling`
+    calls; it imports `signalling` from the tests directory (`PYTHONPATH`, see `TESTS_ON_PATH`)."""
+    return [sys.executable, "-c", DRIVER.format(setup=setup, argv=main_command[1:], main=main_command[1])]
+
+
 def driver_command(main_command: list[str], step: int, signal_name: str) -> list[str]:
-    """`main_command` (`[python, main.py, flags...]`) receiving `signal_name` at training step `step`;
-    it imports `signalling` from the tests directory (`PYTHONPATH`, see `TESTS_ON_PATH`)."""
-    program = DRIVER.format(step=step, signal=signal_name,
-                            argv=main_command[1:], main=main_command[1])
-    return [sys.executable, "-c", program]
+    """`main_command` receiving `signal_name` at training step `step`."""
+    return driven_command(main_command, f"signalling.signal_at_step(setattr, {step}, signal.{signal_name})")
+
+
+def command_env() -> dict[str, str]:
+    """The environment of a `driven_command`: the compiler settings of this test process
+    (conftest), so that its runs and this process's round alike."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH)
 
 
 def tiny_main_command(workdir) -> list[str]:
@@ -130,8 +139,7 @@ def tiny_main_command(workdir) -> list[str]:
 
 def test_the_command_line_says_where_it_stopped_and_exits_143_and_the_same_command_resumes(uninterrupted, tmp_path):
     command = tiny_main_command(tmp_path)
-    # The compiler settings of this test process (conftest), so both runs round alike.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH)
+    env = command_env()
     stopped = subprocess.run(driver_command(command, STEPS_PER_EPOCH + 1, "SIGTERM"), env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -144,21 +152,10 @@ def test_the_command_line_says_where_it_stopped_and_exits_143_and_the_same_comma
     _assert_same_run(tmp_path, uninterrupted)
 
 
-START_UP_DRIVER = """
-import runpy, signal, sys
-import signalling
-{setup}
-sys.argv = {argv!r}
-runpy.run_path({main!r}, run_name="__main__")
-"""
-
-
 def _interrupted_start(main_command: list[str], setup: str) -> subprocess.CompletedProcess:
     """`main_command` run with `setup` (a line of `signalling` calls) done first."""
-    program = START_UP_DRIVER.format(setup=setup, argv=main_command[1:], main=main_command[1])
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true", **TESTS_ON_PATH)
-    return subprocess.run([sys.executable, "-c", program], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(driven_command(main_command, setup), env=command_env(), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
 
 
 def _checkpoint_files(workdir) -> list[str]:
