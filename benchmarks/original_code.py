@@ -19,3 +19,8 @@ def use_code(parser: argparse.ArgumentParser, folder: pathlib.Path, required: st
         parser.error(f"--code {folder}: no mdistiller/{required} there; give the folder that holds "
                      "the original CAT-KD code's mdistiller package")
     sys.path.insert(0, str(folder))
+
+
+# This project's method names -> the original's `distiller_dict` keys.
+DISTILLERS = {"vanilla": "NONE", "cat_kd": "CAT_KD", "kd": "KD", "dkd": "DKD", "fitnet": "FITNET", "at": "AT",
+              "nst": "NST", "pkt": "PKT", "kdsvd": "KDSVD", "rkd": "RKD", "sp": "SP", "vid": "VID"}

@@ -4,12 +4,15 @@ this project's train step (`benchmarks/throughput.py`) is compared with.
     python benchmarks/reference_step.py --code DIR [--pairs resnet32x4:resnet8x4,resnet56:resnet20]
         [--batch-size 64] [--steps 20] [--warmup 3] [--json]
     python benchmarks/reference_step.py --code DIR --pairs ShuffleV1,MobileNetV2   # vanilla students
+    python benchmarks/reference_step.py --code DIR --method fitnet --pairs resnet32x4:resnet8x4
 
 DIR holds the original code's `mdistiller` package (github.com/GzyAftermath/CAT-KD), e.g.
 `git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`; it is imported from there, not copied
-into this project. A pair is built as its `tools/train.py` builds it with `if_test: True` (the
-`_test` CAM-head networks, the `CAT_KD` distiller), a student alone as its vanilla run (the plain
-network, the `Vanilla` distiller); either in `torch.nn.DataParallel`, with SGD (momentum 0.9,
+into this project. A pair is built as its `tools/train.py` builds it: for CAT-KD with `if_test:
+True` (the `_test` CAM-head networks, the `CAT_KD` distiller), for another `--method` its
+distiller over the plain networks with the toolbox's default `CFG` (the original's config code
+needs `yacs`), a student alone as its vanilla run (the plain network, the `Vanilla` distiller);
+each in `torch.nn.DataParallel`, with SGD (momentum 0.9,
 weight decay 5e-4) and `cudnn.benchmark` on, random weights (the speed does not depend on them)
 and the CAT settings of `catkd_jax.default_config`, so that the step is the one throughput.py
 times. On the first GPU, else the CPU, from a batch already on the device:
@@ -62,28 +65,37 @@ def _network(models: dict, name: str) -> torch.nn.Module:
     return models[name][0](num_classes=NUM_CLASSES)
 
 
-def _distiller(teacher: str | None, student: str) -> torch.nn.Module:
+def _distiller(teacher: str | None, student: str, method: str) -> torch.nn.Module:
     """The module the original trainer calls, as its tools/train.py builds it: `CAT_KD` over the
-    `_test` (CAM-head) networks, or `Vanilla` over the plain student when there is no teacher."""
+    `_test` (CAM-head) networks, another method's distiller over the plain networks with the
+    toolbox's default `CFG` (which needs `yacs`), or `Vanilla` over the plain student when there
+    is no teacher."""
     from mdistiller.models import cifar_model_dict  # pylint: disable=import-outside-toplevel
 
     if teacher is None:
         from mdistiller.distillers import Vanilla  # pylint: disable=import-outside-toplevel
 
         return Vanilla(_network(cifar_model_dict, student))
-    from mdistiller.distillers import CAT_KD  # pylint: disable=import-outside-toplevel
+    if method == "cat_kd":
+        from mdistiller.distillers import CAT_KD  # pylint: disable=import-outside-toplevel
 
-    networks = [_network(cifar_model_dict, name + "_test") for name in (teacher, student)]
-    return CAT_KD(networks[1], networks[0], _reference_config())
+        networks = [_network(cifar_model_dict, name + "_test") for name in (teacher, student)]
+        return CAT_KD(networks[1], networks[0], _reference_config())
+    from mdistiller.distillers import distiller_dict  # pylint: disable=import-outside-toplevel
+    from mdistiller.engine.cfg import CFG  # pylint: disable=import-outside-toplevel
+
+    networks = [_network(cifar_model_dict, name) for name in (teacher, student)]
+    return distiller_dict[original_code.DISTILLERS[method]](networks[1], networks[0], CFG.clone())
 
 
-def measure(teacher: str | None, student: str, batch_size: int, steps: int, warmup: int) -> dict:
-    """Images/s of the original train step of CAT-KD from `teacher` (or of a vanilla `student`
+def measure(teacher: str | None, student: str, batch_size: int, steps: int, warmup: int,
+            method: str = "cat_kd") -> dict:
+    """Images/s of the original train step of `method` from `teacher` (or of a vanilla `student`
     when `teacher` is None), with the original's `mdistiller` importable; see the module docstring."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    distiller = torch.nn.DataParallel(_distiller(teacher, student).to(device))
+    distiller = torch.nn.DataParallel(_distiller(teacher, student, method).to(device))
     distiller.train()
     optimizer = torch.optim.SGD(distiller.module.get_learnable_parameters(), lr=0.05, momentum=0.9,
                                 weight_decay=5e-4)
@@ -111,7 +123,8 @@ def measure(teacher: str | None, student: str, batch_size: int, steps: int, warm
     trainer_seconds = _seconds_per_step(trainer_iteration, steps, device)
     step_seconds = _seconds_per_step(step, steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"teacher": teacher, "student": student, "batch_size": batch_size, "dtype": "float32",
+    return {"teacher": teacher, "student": student, "method": method if teacher else "vanilla",
+            "batch_size": batch_size, "dtype": "float32",
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "trainer_images_per_sec": batch_size / trainer_seconds, "step_images_per_sec": batch_size / step_seconds,
@@ -124,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20,wrn_40_2:ShuffleV1",
                         type=lambda text: [(*pair.split(":"),) if ":" in pair else (None, pair) for pair in text.split(",")],
                         help="comma-separated teacher:student pairs (CAT-KD), or students alone (vanilla training)")
+    parser.add_argument("--method", default="cat_kd", choices=sorted(set(original_code.DISTILLERS) - {"vanilla"}),
+                        help="the distillation method of the teacher:student pairs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=3, help="untimed trainer iterations first")
@@ -135,13 +150,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    results = [measure(teacher, student, args.batch_size, args.steps, args.warmup)
+    results = [measure(teacher, student, args.batch_size, args.steps, args.warmup, args.method)
                for teacher, student in args.pairs]
     if args.json:
         print(json.dumps(results))
         return
     for result in results:
-        print(f"{result['teacher'] or 'vanilla'} -> {result['student']}, batch {result['batch_size']}, {result['device']}: "
+        print(f"{result['method']}, {result['teacher'] or 'no teacher'} -> {result['student']}, batch {result['batch_size']}, "
+              f"{result['device']}: "
               f"{result['trainer_images_per_sec']:.1f} images/s as its trainer runs, "
               f"{result['step_images_per_sec']:.1f} without the per-step bookkeeping")
 

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> dict:
         )
     steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
-    state = sharding.replicate(training.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch), mesh)
+    state = sharding.replicate(training.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch,
+                                                             teacher=teacher), mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
     rng = np.random.default_rng(0)
     leading = () if plan.shared_inputs else (args.runs,)

@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     # data.reserved_rate of it, and compare accuracy and CAM localisation as mean ± std (needs a
     # data source with object boxes: 'shapes'); see catkd_jax/quickstart.py.
     config.pipeline = "single"
-    # 'vanilla' (cross-entropy only), 'cat_kd', 'kd' (Hinton) or 'dkd' (decoupled KD).
+    # 'vanilla' (cross-entropy only), 'cat_kd', 'kd' (Hinton), 'dkd' (decoupled KD), or a feature
+    # method of the mdistiller toolbox: 'fitnet', 'at', 'nst', 'pkt', 'kdsvd', 'rkd', 'sp', 'vid'.
     config.method = "cat_kd"
 
     config.student = ml_collections.ConfigDict()
@@ -81,6 +82,46 @@ def get_config() -> ml_collections.ConfigDict:
     config.dkd.temperature = 4.0
     config.dkd.ce_weight = 1.0
     config.dkd.warmup_epochs = 20
+
+    # The feature-distillation baselines of the mdistiller toolbox: ce_weight * CE + feat_weight
+    # * the method's loss (logged as loss_ce and loss_kd, the original's names). Defaults are the
+    # original's (`mdistiller/engine/cfg.py`, its CFG.<METHOD> in brackets); the stage each
+    # method reads is in its docstring (catkd_jax/methods/features.py).
+    config.fitnet = ml_collections.ConfigDict()  # FitNets (Romero et al. 2015) [FITNET]
+    config.fitnet.hint_layer = 2  # HINT_LAYER: the index into both networks' feats (0 = the stem)
+    config.fitnet.input_size = (32, 32)  # INPUT_SIZE: the regressor is built for feats at this size
+    config.fitnet.ce_weight = 1.0
+    config.fitnet.feat_weight = 100.0
+    config.at = ml_collections.ConfigDict()  # attention transfer (Zagoruyko & Komodakis 2017) [AT]
+    config.at.p = 2  # P: attention map = mean over channels of |feat|^p
+    config.at.ce_weight = 1.0
+    config.at.feat_weight = 1000.0
+    config.nst = ml_collections.ConfigDict()  # neuron selectivity transfer (Huang & Wang 2017) [NST]
+    config.nst.ce_weight = 1.0
+    config.nst.feat_weight = 50.0
+    config.pkt = ml_collections.ConfigDict()  # probabilistic knowledge transfer (Passalis 2018) [PKT]
+    config.pkt.ce_weight = 1.0
+    config.pkt.feat_weight = 30000.0
+    config.kdsvd = ml_collections.ConfigDict()  # KD with SVD (Lee et al. 2018) [KDSVD]
+    config.kdsvd.k = 1  # K: singular vectors kept of the teacher (the student's: k + 3)
+    config.kdsvd.ce_weight = 1.0
+    config.kdsvd.feat_weight = 1.0
+    config.rkd = ml_collections.ConfigDict()  # relational KD (Park et al. 2019) [RKD]
+    config.rkd.distance_weight = 25.0
+    config.rkd.angle_weight = 50.0
+    config.rkd.pdist_epsilon = 1e-12  # PDIST.EPSILON: squared distances are clamped to it
+    config.rkd.pdist_squared = False  # PDIST.SQUARED
+    config.rkd.ce_weight = 1.0
+    config.rkd.feat_weight = 1.0
+    config.sp = ml_collections.ConfigDict()  # similarity-preserving KD (Tung & Mori 2019) [SP]
+    config.sp.ce_weight = 1.0
+    config.sp.feat_weight = 3000.0
+    config.vid = ml_collections.ConfigDict()  # variational information distillation (Ahn et al. 2019) [VID]
+    config.vid.eps = 1e-5  # EPS: added to the predicted variance
+    config.vid.init_pred_var = 5.0  # INIT_PRED_VAR: the predicted variance (never trained: see VID)
+    config.vid.input_size = (32, 32)  # INPUT_SIZE: the regressors are built for feats at this size
+    config.vid.ce_weight = 1.0
+    config.vid.feat_weight = 1.0
 
     # SGD with momentum; weight decay is L2 added to the gradient before momentum, on every
     # student parameter, like torch.optim.SGD. The learning rate is constant within an epoch

@@ -78,10 +78,21 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, _f32(x))
 
 
+def l2_normalize(x: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
+    """`torch.nn.functional.normalize(x, dim=axis)`: `x / max(||x||, 1e-12)` along `axis`.
+
+    Gradients equal PyTorch's everywhere, a zero vector included: there the norm is clamped, so
+    the norm gets no gradient and `x` gets the incoming gradient over 1e-12. The clamp is applied
+    to the squared norm (same value) so that `sqrt` is never differentiated at 0, where a naive
+    `maximum(sqrt(sum(x**2)), eps)` gives `0 * inf = NaN`.
+    """
+    squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(squared_norm, _NORMALIZE_EPS**2))
+
+
 def l2_normalize_space(cams: jax.Array) -> jax.Array:
     """`F.normalize(cams, dim=(2, 3))`: each `[N, :, :, C]` map to unit l2 norm."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(cams), axis=(1, 2), keepdims=True))
-    return cams / jnp.maximum(norm, _NORMALIZE_EPS)
+    return l2_normalize(cams, axis=(1, 2))
 
 
 def binarize_cams(cams: jax.Array) -> jax.Array:

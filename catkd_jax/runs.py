@@ -26,9 +26,12 @@ import numpy as np
 
 from catkd_jax import config_files, console
 from catkd_jax.errors import ConfigError
+from catkd_jax.methods import METHODS
 
-# Sweepable: the float fields read inside the train step, whose values can then be traced.
-_SWEEPABLE_SECTIONS = ("optim", "cat_kd", "kd", "dkd")
+# Sweepable: the float fields read inside the train step, whose values can then be traced: the
+# optimiser's and every method's section, except fields that set a method's constants as it is built.
+_SWEEPABLE_SECTIONS = ("optim", *(name for name in METHODS if name != "vanilla"))
+_BUILD_TIME_FIELDS = ("vid.init_pred_var", "vid.eps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,8 @@ def parse_sweep(config: ml_collections.ConfigDict) -> tuple[str, tuple[float, ..
     section, dot, name = field.partition(".")
     if not equals or not dot:
         raise ConfigError(f"config.runs.sweep={text!r} is not understood; {usage}")
-    if section not in _SWEEPABLE_SECTIONS or section not in config or name not in config[section]:
+    if (section not in _SWEEPABLE_SECTIONS or section not in config or name not in config[section]
+            or field in _BUILD_TIME_FIELDS):
         raise ConfigError(
             f"config.runs.sweep: {field!r} cannot be swept; sweep a float field of "
             f"{', '.join(_SWEEPABLE_SECTIONS)} (fields that change shapes or data need separate runs)"

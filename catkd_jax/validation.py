@@ -40,6 +40,7 @@ MINIMUMS: dict[str, int] = {
     "cat_kd.resolution": 1,
     "cat_kd.num_cams": 0,
     "dkd.warmup_epochs": 0,
+    "kdsvd.k": 1,
     "optim.lr_batch_size": 0,
     "teacher.num_epochs": 0,
     "checkpoint.every_epochs": 1,
@@ -52,6 +53,8 @@ INTEGER_SEQUENCES: dict[str, tuple[int, str]] = {
     "runs.seeds": (0, "(0,1,2)"),
     "optim.decay_epochs": (1, "(150,180,210)"),
     "probe.decay_epochs": (1, "(10,20,30)"),
+    "fitnet.input_size": (1, "(32,32)"),
+    "vid.input_size": (1, "(32,32)"),
 }
 
 

@@ -12,13 +12,14 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from catkd_jax import methods
 from catkd_jax.models import canonical_name
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
-METHODS = ("vanilla", "cat_kd", "kd", "dkd")
-DISTILLATION = ("cat_kd", "kd", "dkd")
+METHODS = tuple(methods.METHODS)
+DISTILLATION = tuple(name for name in METHODS if methods.needs_teacher(name))
 
 def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
     """Loads a config file by path, as `config_flags.DEFINE_config_file` does."""

@@ -22,7 +22,7 @@ def _outputs(seed: int, classes: int = 5) -> methods.Outputs:
 def _cat_kd_terms(**settings):
     config = default_config.get_config()
     config.cat_kd.update(settings)
-    return methods.cat_kd(config, _outputs(0), _outputs(1), jnp.arange(4) % 5, jnp.asarray(1))
+    return methods.create(config, None, None).loss_terms(_outputs(0), _outputs(1), jnp.arange(4) % 5, jnp.asarray(1))
 
 
 def test_teacher_prob_weighting_weighs_the_cams_by_the_teachers_softmax():

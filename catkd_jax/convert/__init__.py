@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -244,15 +244,56 @@ def torch_arrays(variables: Mapping[str, Any], arch: str, cam_head: bool = False
     """
     classifier = create_model(arch).torch_classifier_name
     arrays: dict[str, np.ndarray] = {}
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
-        collection, *module_path, leaf_name = (entry.key for entry in key_path)
-        value = np.asarray(leaf, np.float32)
+    for collection, module_path, leaf_name, value in _leaves(variables):
         if cam_head and (collection, *module_path, leaf_name) == ("params", "classifier", "kernel"):
             arrays[_CAM_HEAD_KEY] = value.T[:, :, None, None]
             continue
-        module = _torch_module_name(tuple(module_path), classifier)
+        module = _torch_module_name(module_path, classifier)
         arrays[f"{module}.{_LEAF_NAMES[(collection, leaf_name)]}"] = _to_torch_layout(value)
     return arrays
+
+
+def module_torch_arrays(variables: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    """`module_from_torch`'s inverse: every leaf of a module's variables under its PyTorch key
+    (`prefix.<module path>.weight`, ...), in PyTorch's layout."""
+    return {".".join((prefix, *module_path, _LEAF_NAMES[(collection, leaf_name)])): _to_torch_layout(value)
+            for collection, module_path, leaf_name, value in _leaves(variables)}
+
+
+def _leaves(variables: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...], str, np.ndarray]]:
+    """`(collection, module path, leaf name, float32 array)` of every leaf of `variables`."""
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
+        collection, *module_path, leaf_name = (entry.key for entry in key_path)
+        yield collection, tuple(module_path), leaf_name, np.asarray(leaf, np.float32)
+
+
+def module_from_torch(state_dict: Mapping[str, Any], template: Mapping[str, Any], prefix: str) -> Variables:
+    """The variables of a module that mirrors PyTorch module `prefix` (e.g. a distiller's
+    `conv_reg`), from a state dict holding it (other keys are ignored).
+
+    `template` is the module's variables or their shapes (`jax.eval_shape` of its `init`); its
+    leaves name the keys as for networks (`prefix.<module path>.weight`, ...). Raises
+    `CheckpointMismatchError` listing every missing or mis-shaped key.
+    """
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    variables: Variables = {}
+    problems = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(template))[0]:
+        collection, *module_path, leaf_name = (entry.key for entry in key_path)
+        key = ".".join((prefix, *module_path, _LEAF_NAMES[(collection, leaf_name)]))
+        if key not in state:
+            problems.append(f"{key}: missing")
+            continue
+        value = np.asarray(state[key], np.float32)
+        if value.shape != torch_shape(tuple(leaf.shape)):
+            problems.append(f"{key}: state dict {tuple(value.shape)}, expected {torch_shape(tuple(leaf.shape))}")
+            continue
+        _set_nested(variables.setdefault(collection, {}), (*module_path, leaf_name),
+                    np.ascontiguousarray(_from_torch_layout(value)))
+    if problems:
+        raise CheckpointMismatchError(f"the state dict does not hold module {prefix!r} as expected: "
+                                      + _describe(problems, "problems"))
+    return variables
 
 
 def checkpoint_num_classes(state_dict: Mapping[str, Any], arch: str) -> int | None:

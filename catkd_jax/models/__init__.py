@@ -11,6 +11,14 @@ Every model: `__call__(x [N, H, W, 3], train: bool) -> (logits [N, C], features 
 where `features` is the map that the classifier (an `nn.Dense` named 'classifier', kernel
 `[K, C]`) global-average-pools, so `features @ kernel` are the class activation maps
 (8x8 ... 2x2 for the CIFAR models at 32x32, 7x7 for the ImageNet models at 224x224).
+
+Stages (`catkd_jax.models.stages`): on request every model also gives the original network's
+intermediate features, its `feats` dict (`feats`, `preact_feats`, `pooled_feat`, NHWC; for
+`classifier_bias=False` models what the original's CAM-head `_test` networks return), through
+`stages.apply_with_stages` or, for BatchNorm-folded teachers, `folding.apply_folded_with_stages`.
+They are sown into the "stages" collection only when it is mutable, so a plain `apply` computes
+nothing more. `stages.stage_channels` and `stages.bn_before_relu` are the original's
+`get_stage_channels()` and `get_bn_before_relu()`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ new bias and the folded BatchNorms skipped.
 from __future__ import annotations
 
 import collections
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -24,9 +25,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from catkd_jax.models.layers import BatchNorm
+from catkd_jax.models.stages import COLLECTION, Path, Stages, stages_from
 from catkd_jax.types import Variables
-
-Path = tuple[str, ...]
 
 _SEPARATOR = "/"  # module names contain dots (PyTorch paths) but never slashes
 
@@ -34,7 +34,9 @@ _SEPARATOR = "/"  # module names contain dots (PyTorch paths) but never slashes
 def conv_batch_norm_pairs(model: nn.Module, variables: Variables, image_shape: tuple[int, ...]) -> list[tuple[Path, Path]]:
     """`(conv path, BatchNorm path)` of every BatchNorm that is the only user of a conv's output.
 
-    A conv output used elsewhere too (a pre-activation block's identity shortcut) is not folded.
+    A conv output used elsewhere too (a pre-activation block's identity shortcut) or recorded as a
+    stage (`catkd_jax.models.stages`: the WideResNets' stem conv) is not folded, so that folded
+    variables give every stage too.
     Found from the model's jaxpr, in which every conv output and BatchNorm input is tagged with
     its module path. Paths are tuples of submodule names, as in the variables pytree;
     `image_shape` is `[H, W, 3]`.
@@ -50,8 +52,8 @@ def conv_batch_norm_pairs(model: nn.Module, variables: Variables, image_shape: t
         return checkpoint_name(next_fun(*args, **kwargs), f"conv{_SEPARATOR}{path}")
 
     def trace(variables, images):
-        with nn.intercept_methods(tag):
-            return model.apply(variables, images, train=False)
+        with nn.intercept_methods(tag):  # the stages are outputs too
+            return model.apply(variables, images, train=False, mutable=[COLLECTION])
 
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     jaxpr = jax.make_jaxpr(trace)(variables, images).jaxpr
@@ -97,8 +99,14 @@ def fold_batch_norm(model: nn.Module, variables: Variables, image_shape: tuple[i
     return {"params": unflatten(params), "batch_stats": unflatten(stats)}
 
 
-def apply_folded(model: nn.Module, folded: Variables, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`model`'s inference-mode `(logits, features)` from its folded variables (`fold_batch_norm`)."""
+def apply_folded(
+    model: nn.Module, folded: Variables, images: jax.Array, *, mutable: Sequence[str] = ()
+) -> Any:
+    """`model`'s inference-mode `(logits, features)` from its folded variables (`fold_batch_norm`).
+
+    With `mutable` collections (e.g. `stages.COLLECTION`) it returns, like `model.apply`,
+    `((logits, features), updated collections)`.
+    """
     params = flax.traverse_util.flatten_dict(flax.core.unfreeze(folded["params"]))
 
     def run_folded(next_fun, args, kwargs, context):
@@ -113,4 +121,14 @@ def apply_folded(model: nn.Module, folded: Variables, images: jax.Array) -> tupl
         return output
 
     with nn.intercept_methods(run_folded):
-        return model.apply(folded, images, train=False)
+        return model.apply(folded, images, train=False, mutable=list(mutable) or False)
+
+
+def apply_folded_with_stages(
+    model: nn.Module, folded: Variables, images: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], Stages]:
+    """`apply_folded` that also returns the stages (`catkd_jax.models.stages`): `((logits,
+    features), stages)`, equal to the unfolded inference's; a stage that is a folded BatchNorm's
+    output is the folded convolution's."""
+    outputs, collections = apply_folded(model, folded, images, mutable=[COLLECTION])
+    return outputs, stages_from(collections)

@@ -9,6 +9,14 @@ the projection called `downsample`. MobileNetV1 is mdistiller's `models/imagenet
 depthwise-separable blocks, all one `nn.Sequential` called `model`. Both downsample by 32, so
 `features` is `[N, 7, 7, K]` for the 224x224 inputs of ImageNet training (K = 512, 2048 or
 1024) and the classifier is `fc`.
+
+Stages (`catkd_jax.models.stages`), as mdistiller's ImageNet networks: the ResNets' feats are the
+stem's ReLU output (before the max pool) and each stage's output; their preact_feats are the
+stem's ReLU output too (the original keeps the BatchNorm output, which its in-place ReLU then
+overwrites) and each stage's output before its ReLU. MobileNetV1's are the pointwise BatchNorm
+outputs of blocks 3, 5, 11 and 13, after / before their ReLU. The CAM-head networks (`ResNet*_test`,
+`MobileNetV2_test`) return the CAMs as their only feats and no pooled_feat; here pooled_feat is
+the logits, as for every other CAM-head network.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from catkd_jax.models.layers import (
     torch_default_kernel_init,
 )
 from catkd_jax.models.resnet import BasicBlock
-from catkd_jax.models.resnet_v2 import Bottleneck, four_stages
+from catkd_jax.models.resnet_v2 import Bottleneck, four_stages, last_block_norms
+from catkd_jax.models.stages import Path, record_stages
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -59,9 +68,10 @@ class ImageNetResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         x = x.astype(self.dtype)
         x = conv(64, 7, stride=2, padding=3, dtype=self.dtype, name="conv1")(x)
-        x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
-        x = _max_pool_3x3_s2(x)
-        x = four_stages(x, self.block, self.num_blocks, train, self.dtype)
+        stem = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
+        x = _max_pool_3x3_s2(stem)
+        outputs, preacts = four_stages(x, self.block, self.num_blocks, train, self.dtype)
+        x = outputs[-1]
         # torchvision and mdistiller keep PyTorch's default Linear init for `fc`, which `classify`
         # defaults to; mdistiller's CAM-head ResNet*_test makes `conv_test` before its init loop,
         # which draws it like every conv.
@@ -72,7 +82,14 @@ class ImageNetResNet(nn.Module):
             dtype=self.dtype,
             cam_head_kernel_init=kaiming_normal_fan_out,
         )
+        record_stages(self, (stem, *outputs), (stem, *preacts), x, logits, cam_placement="only")
         return logits, x
+
+    def original_stage_channels(self) -> tuple[int, ...]:
+        return (256, 512, 1024, 2048)  # the original's, also for ResNet18/34
+
+    def original_bn_before_relu(self) -> tuple[Path, ...]:
+        return last_block_norms(self.block, self.num_blocks)[1:]  # the original leaves layer1's out
 
 
 # (output channels, stride) of mdistiller's 13 depthwise-separable blocks, `model.1` ... `model.13`.
@@ -91,6 +108,8 @@ _MOBILENET_V1_BLOCKS: tuple[tuple[int, int], ...] = (
     (1024, 2),
     (1024, 1),
 )
+# The blocks whose pointwise BatchNorm outputs the original returns as (pre-activation) feats.
+_MOBILENET_V1_FEATURE_BLOCKS = (3, 5, 11, 13)
 
 
 class MobileNetV1(nn.Module):
@@ -115,17 +134,29 @@ class MobileNetV1(nn.Module):
         x = x.astype(self.dtype)
         x = conv_(32, 3, stride=2, name="model.0.0")(x)
         x = nn.relu(norm("model.0.1")(x))
+        preact_feats = []
         for index, (channels, stride) in enumerate(_MOBILENET_V1_BLOCKS, start=1):
             # Depthwise (one 3x3 filter per channel), then pointwise 1x1 mixing the channels.
             width = x.shape[-1]
             x = conv_(width, 3, stride=stride, groups=width, name=f"model.{index}.0")(x)
             x = nn.relu(norm(f"model.{index}.1")(x))
             x = conv_(channels, 1, padding=0, name=f"model.{index}.3")(x)
-            x = nn.relu(norm(f"model.{index}.4")(x))
+            x = norm(f"model.{index}.4")(x)
+            if index in _MOBILENET_V1_FEATURE_BLOCKS:
+                preact_feats.append(x)
+            x = nn.relu(x)
         # The reference's AvgPool2d(7) is the global average pool at 224x224; `fc` and the CAM
         # head `conv_test` keep PyTorch's defaults (`classify`'s).
         logits = classify(x, self.num_classes, use_bias=self.classifier_bias, dtype=self.dtype)
+        feats = [nn.relu(preact) for preact in preact_feats]
+        record_stages(self, feats, preact_feats, x, logits, cam_placement="only")
         return logits, x
+
+    def original_stage_channels(self) -> tuple[int, ...]:
+        return (128, 256, 512, 1024)
+
+    def original_bn_before_relu(self) -> tuple[Path, ...]:
+        return tuple((f"model.{index}.4",) for index in _MOBILENET_V1_FEATURE_BLOCKS)
 
 
 _TORCHVISION_BASIC = functools.partial(BasicBlock, shortcut_name="downsample")

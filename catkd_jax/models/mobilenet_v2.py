@@ -2,6 +2,10 @@
 
 A stride-2 3x3 stem, seven stages of inverted residual blocks, a 1x1 conv to 1280 channels;
 `features` is that conv's ReLU output, `[N, 2, 2, 1280]` for 32x32 inputs.
+
+Stages (`catkd_jax.models.stages`), as the original's `MobileNetV2` / `MobileNetV2_test`: feats =
+the stem's output and the outputs of stages 1, 2, 4 and 6 (0-based); no preact_feats; the
+CAM-head model's CAMs follow them (six feats).
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from catkd_jax.models.layers import BatchNorm, Dtype, classify, conv, kaiming_normal_fan_out
+from catkd_jax.models.stages import Path, record_stages
+
+# The stages whose outputs the original returns as feats (after the stem's).
+_FEATURE_STAGES = (1, 2, 4, 6)
 
 # (expansion or None for the model's, output channels before width scaling, blocks, stride).
 _STAGES: tuple[tuple[int | None, int, int, int], ...] = (
@@ -73,6 +81,7 @@ class MobileNetV2(nn.Module):
         x = x.astype(self.dtype)
         x = conv(int(32 * self.width_mult), 3, stride=2, dtype=self.dtype, name="conv1.0")(x)
         x = nn.relu(norm("conv1.1")(x))
+        feats = [x]
         for stage, (expansion, channels, num_blocks, stride) in enumerate(_STAGES):
             for index in range(num_blocks):
                 x = InvertedResidual(
@@ -82,6 +91,8 @@ class MobileNetV2(nn.Module):
                     dtype=self.dtype,
                     name=f"blocks.{stage}.{index}",
                 )(x, train)
+            if stage in _FEATURE_STAGES:
+                feats.append(x)
         # The last width is only scaled up, never down (1280 for mobile_half).
         last_channel = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
         x = conv(last_channel, 1, dtype=self.dtype, name="conv2.0")(x)
@@ -98,7 +109,14 @@ class MobileNetV2(nn.Module):
             bias_init=nn.initializers.zeros,
             cam_head_kernel_init=kaiming_normal_fan_out,
         )
+        record_stages(self, feats, (), x, logits, cam_placement="append")
         return logits, x
+
+    def original_stage_channels(self) -> tuple[int, ...]:
+        return tuple(int(c * self.width_mult) for c in (32, 24, 32, 96, 320))
+
+    def original_bn_before_relu(self) -> tuple[Path, ...]:
+        return tuple((f"blocks.{stage}.{_STAGES[stage][2] - 1}", "conv.7") for stage in _FEATURE_STAGES)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -21,7 +21,13 @@ from catkd_jax.training.state import (
     initial_weights,
     initialize,
 )
-from catkd_jax.training.steps import make_eval_step, make_multi_run_eval_step, make_multi_run_step, make_train_step
+from catkd_jax.training.steps import (
+    make_eval_step,
+    make_loss_fn,
+    make_multi_run_eval_step,
+    make_multi_run_step,
+    make_train_step,
+)
 from catkd_jax.training.teacher import load_teacher, teacher_inference_variables
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "load_teacher",
     "make_eval_step",
     "make_multi_run_eval_step",
+    "make_loss_fn",
     "make_multi_run_step",
     "make_train_step",
     "run_evaluation",

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from catkd_jax import checkpoints, interruption, outputs, record, runs, sharding, validation
+from catkd_jax import checkpoints, interruption, methods, outputs, record, runs, sharding, validation
 from catkd_jax.console import report
 from catkd_jax.errors import DivergedError, UserError
 from catkd_jax.data import create_source
@@ -256,7 +256,10 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     `write_records(step)`, if given, after the first checkpoint saved."""
     source = sources[0]
     steps_per_epoch = source.steps_per_epoch
-    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights)
+    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights, teacher)
+    extra_parameters = methods.count_parameters({"params": runs.unstack(state.method_params, 0)})
+    if extra_parameters:  # as the original reports them (its get_extra_parameters)
+        report(f"Extra parameters of {config.method}: {extra_parameters}")
     state, metas = _restore(savers, state, directories)
     standings = [_Standing() for _ in plan.runs]
     progress = _Progress()

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from catkd_jax import checkpoints, runs
+from catkd_jax import checkpoints, methods, runs
 from catkd_jax.errors import ConfigError, UserError
 from catkd_jax.training.optim import create_optimizer
 from catkd_jax.types import Variables
@@ -38,26 +38,61 @@ def _initializer(model: flax.linen.Module, image_shape: tuple[int, ...]) -> Call
 
 @flax.struct.dataclass
 class TrainState:
+    """One run's training state: the student's, and that of the method's own modules.
+
+    `method_params` train with the student's optimiser (`method_opt_state`: the same SGD over
+    them, as the original's one optimiser over both); `method_state` holds the method's other
+    collections (running statistics, memory banks). All three are `{}` for a method without
+    modules, and then absent from `as_dict`, the saved form.
+    """
+
     step: jax.Array
     params: Variables
     batch_stats: Variables
     opt_state: optax.OptState
+    method_params: Variables = flax.struct.field(default_factory=dict)
+    method_state: Variables = flax.struct.field(default_factory=dict)
+    method_opt_state: optax.OptState = flax.struct.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(step=self.step, params=self.params, batch_stats=self.batch_stats, opt_state=self.opt_state)
+        saved = dict(step=self.step, params=self.params, batch_stats=self.batch_stats, opt_state=self.opt_state)
+        if self.method_params or self.method_state:
+            saved.update(method_params=self.method_params, method_state=self.method_state,
+                         method_opt_state=self.method_opt_state)
+        return saved
 
 
-def create_train_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(
+    variables: Variables, tx: optax.GradientTransformation, method_variables: Variables | None = None
+) -> TrainState:
     """A fresh `TrainState` (step 0) of a network's `{"params", "batch_stats"}` for optimiser `tx`.
 
-    `variables` come from `initialize` (a seed) or from saved weights (`checkpoints.load_variables`).
+    `variables` come from `initialize` (a seed) or from saved weights (`checkpoints.load_variables`);
+    `method_variables` are the method's own (`methods.Method.init`), if it has any.
     """
+    method_variables = dict(method_variables or {})
+    method_params = method_variables.pop("params", {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables["batch_stats"],
         opt_state=tx.init(variables["params"]),
+        method_params=method_params,
+        method_state=method_variables,
+        method_opt_state=tx.init(method_params) if method_params else {},
     )
+
+
+def initial_method_variables(
+    config: ml_collections.ConfigDict, student: flax.linen.Module, teacher: flax.linen.Module | None
+) -> Variables:
+    """The variables of `config.method`'s own modules for a run of seed `config.seed` (`{}`: none)."""
+    method = methods.create(config, student, teacher)
+    return method.init(jax.random.fold_in(jax.random.key(config.seed), _METHOD_STREAM))
+
+
+# Streams of a run's seed: the student's initial weights, the method's modules.
+_STUDENT_STREAM, _METHOD_STREAM = 0, 1
 
 
 def initial_states(
@@ -67,19 +102,23 @@ def initial_states(
     image_shape: tuple[int, ...],
     steps_per_epoch: int,
     weights: Variables | None = None,
+    teacher: flax.linen.Module | None = None,
 ) -> TrainState:
     """Every run's fresh state on the host, stacked on a leading run axis.
 
     Each run's parameters come from its own seed, exactly as a single run's would, or all of
-    them from `weights` (`initial_weights`) when given.
+    them from `weights` (`initial_weights`) when given; the method's modules (for `teacher`, the
+    teacher's module) always from the run's seed.
     """
     states = []
     initialize_student = _initializer(student, image_shape)
     for run, run_config in zip(plan.runs, run_configs):
         variables = weights
         if variables is None:
-            variables = initialize_student(jax.random.fold_in(jax.random.key(run.seed), 0))
-        states.append(create_train_state(variables, create_optimizer(run_config, steps_per_epoch)).as_dict())
+            variables = initialize_student(jax.random.fold_in(jax.random.key(run.seed), _STUDENT_STREAM))
+        method_variables = initial_method_variables(run_config, student, teacher)
+        tx = create_optimizer(run_config, steps_per_epoch)
+        states.append(create_train_state(variables, tx, method_variables).as_dict())
     return TrainState(**runs.stack(jax.device_get(states)))
 
 

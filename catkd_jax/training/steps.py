@@ -18,15 +18,18 @@ import optax
 
 from catkd_jax import config_files, methods, runs
 from catkd_jax.models import folding
+from catkd_jax.models import stages as model_stages
 from catkd_jax.training.optim import create_optimizer
 from catkd_jax.training.state import TrainState
 from catkd_jax.types import Metrics, Variables
 
 
-def _outputs(model_output: tuple[jax.Array, jax.Array], params: Variables) -> methods.Outputs:
+def _outputs(
+    model_output: tuple[jax.Array, jax.Array], params: Variables, stages: model_stages.Stages | None = None
+) -> methods.Outputs:
     logits, features = model_output
     classifier = params["classifier"]
-    return methods.Outputs(logits, features, classifier["kernel"], classifier.get("bias"))
+    return methods.Outputs(logits, features, classifier["kernel"], classifier.get("bias"), stages)
 
 
 def _accuracy_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -42,56 +45,93 @@ def make_teacher_forward(
 ) -> Callable[[Variables, jax.Array], methods.Outputs] | None:
     """The frozen teacher's inference `(variables, images [N, H, W, 3]) -> Outputs`, or None.
 
-    `variables` are those of `teacher_inference_variables`; no gradient flows through it.
+    `variables` are those of `teacher_inference_variables`; no gradient flows through it. The
+    outputs carry the teacher's stages when `config.method` reads them.
     """
     if teacher is None:
         return None
-    if config.teacher.fold_batch_norm:
-        apply = functools.partial(folding.apply_folded, teacher)
+    with_stages = methods.get_method(config.method).reads_stages
+    if with_stages and config.teacher.fold_batch_norm:
+        apply = functools.partial(folding.apply_folded_with_stages, teacher)
+    elif with_stages:
+        apply = lambda variables, images: model_stages.apply_with_stages(teacher, variables, images, train=False)[:2]
+    elif config.teacher.fold_batch_norm:
+        apply = lambda variables, images: (folding.apply_folded(teacher, variables, images), None)
     else:
-        apply = lambda variables, images: teacher.apply(variables, images, train=False)
+        apply = lambda variables, images: (teacher.apply(variables, images, train=False), None)
 
     def forward(variables: Variables, images: jax.Array) -> methods.Outputs:
-        return jax.lax.stop_gradient(_outputs(apply(variables, images), variables["params"]))
+        output, stages = apply(variables, images)
+        return jax.lax.stop_gradient(_outputs(output, variables["params"], stages))
 
     return forward
+
+
+def make_loss_fn(
+    config: ml_collections.ConfigDict, student: flax.linen.Module, teacher: flax.linen.Module | None,
+    steps_per_epoch: int,
+) -> Callable[..., tuple[jax.Array, tuple[methods.LossTerms, jax.Array, Variables, Variables]]]:
+    """The training loss of one step, `loss_fn(params, method_params, state, batch, teacher_outputs)
+    -> (loss, (terms, logits, batch_stats, method_state))`, to differentiate in its first two
+    arguments (the student's and the method's parameters).
+
+    The student runs in training mode on `batch["image"]`; `state` gives its BatchNorm statistics,
+    the method's other collections and the step (epoch `step // steps_per_epoch + 1`); the
+    returned `batch_stats` and `method_state` are their updated values. `teacher` is the teacher's
+    module (some methods' modules are shaped by it; None without a teacher).
+    """
+    method = methods.create(config, student, teacher)
+
+    def loss_fn(params: Variables, method_params: Variables, state: TrainState, batch: dict[str, jax.Array],
+                teacher_outputs: methods.Outputs | None):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if method.reads_stages:
+            output, stages, updates = model_stages.apply_with_stages(student, variables, batch["image"], train=True,
+                                                                    mutable=["batch_stats"])
+        else:
+            (output, updates), stages = student.apply(variables, batch["image"], train=True,
+                                                      mutable=["batch_stats"]), None
+        epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
+        terms, method_state = method({"params": method_params, **state.method_state}, _outputs(output, params, stages),
+                                     teacher_outputs, batch, epoch)
+        return sum(terms.values()), (terms, output[0], updates["batch_stats"], method_state)
+
+    return loss_fn
 
 
 def make_student_step(
     config: ml_collections.ConfigDict,
     student: flax.linen.Module,
+    teacher: flax.linen.Module | None,
     tx: optax.GradientTransformation,
     steps_per_epoch: int,
 ) -> Callable[[TrainState, dict[str, jax.Array], methods.Outputs | None], tuple[TrainState, Metrics]]:
-    """`(state, batch, teacher_outputs) -> (state, metrics)`: the student's update alone.
+    """`(state, batch, teacher_outputs) -> (state, metrics)`: the update of the student and of the
+    method's own parameters by `tx` (`make_loss_fn`'s gradients).
 
     The losses are means over the batch, whatever its size, as PyTorch's (a smaller last batch
     of an epoch is the mean over its images). Metrics are per-step sums (`loss`, each loss
     term, `correct`, `count`: each mean times the batch's images) that stay on device.
     """
-    method = methods.get_method(config.method)
+    loss_fn = make_loss_fn(config, student, teacher, steps_per_epoch)
 
     def student_step(state: TrainState, batch: dict[str, jax.Array], teacher_outputs: methods.Outputs | None):
-        images, labels = batch["image"], batch["label"]
-        epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
-
-        def loss_fn(params):
-            output, updates = student.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                images,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            terms = method(config, _outputs(output, params), teacher_outputs, labels, epoch)
-            return sum(terms.values()), (terms, output[0], updates["batch_stats"])
-
-        (loss, (terms, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        labels = batch["label"]
+        (loss, (terms, logits, batch_stats, method_state)), (grads, method_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.method_params, state, batch, teacher_outputs)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        method_params, method_opt_state = state.method_params, state.method_opt_state
+        if method_params:
+            method_updates, method_opt_state = tx.update(method_grads, method_opt_state, method_params)
+            method_params = optax.apply_updates(method_params, method_updates)
         new_state = TrainState(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats,
             opt_state=opt_state,
+            method_params=method_params,
+            method_state={**state.method_state, **method_state},
+            method_opt_state=method_opt_state,
         )
         count = labels.shape[0]
         correct, _ = _accuracy_counts(logits, labels, jnp.ones_like(labels, jnp.bool_))
@@ -111,11 +151,12 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array], Variables | None], tuple[TrainState, Metrics]]:
     """The pure train step `(state, batch, teacher_variables) -> (state, metrics)` of one run.
 
-    The teacher (`make_teacher_forward`) runs in inference mode, then the student updates
-    (`make_student_step`).
+    The teacher (`make_teacher_forward`) runs in inference mode, then the student and the
+    method's modules update (`make_student_step`). Training many runs at once
+    (`make_multi_run_step`) runs this step's two parts.
     """
     teacher_forward = make_teacher_forward(config, teacher)
-    student_step = make_student_step(config, student, tx, steps_per_epoch)
+    student_step = make_student_step(config, student, teacher, tx, steps_per_epoch)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Variables | None):
         teacher_outputs = None if teacher_forward is None else teacher_forward(teacher_variables, batch["image"])
@@ -132,17 +173,17 @@ def make_multi_run_step(
     plan: runs.RunPlan,
     vectorize: bool,
 ) -> Callable[[TrainState, dict[str, jax.Array], Variables | None, jax.Array], tuple[TrainState, Metrics]]:
-    """The train step of all of `plan`'s runs at once, over their stacked states.
+    """`make_train_step` of all of `plan`'s runs at once, over their stacked states.
 
     `(states [R, ...], batch, teacher_variables, values [R]) -> (states, metrics [R])`: `batch`
     is `[B, ...]` when the runs share their inputs, else `[R, B, ...]`; `values` are the swept
     field's (`plan.values()`). B may change between calls (an epoch's smaller last batch):
     jitted, the step then compiles once more, for that shape. The teacher runs once on the
-    shared batch, or once on all runs' batches together. The students are `jax.vmap`ped
-    (`vectorize`: one batched program, for accelerators) or their steps unrolled one after
-    another in the same program (XLA's CPU convolutions are several times slower batched over
-    runs; see `runs.vectorize`). Each run builds its optimiser from its own config, so
-    optimiser fields can be swept.
+    shared batch, or once on all runs' batches together; then each run's `make_student_step`,
+    built from its own config (so that any float field, the optimiser's included, can be swept:
+    the swept value is traced), `jax.vmap`ped (`vectorize`: one batched program, for
+    accelerators) or unrolled one after another in the same program (XLA's CPU convolutions are
+    several times slower batched over runs; see `runs.vectorize`).
     """
     teacher_forward = make_teacher_forward(config, teacher)
     run_axis = None if plan.shared_inputs else 0
@@ -150,7 +191,7 @@ def make_multi_run_step(
     def one_run(state, batch, teacher_outputs, value):
         run_config = config if plan.field is None else config_files.with_values(config, {plan.field: value})
         tx = create_optimizer(run_config, steps_per_epoch)
-        return make_student_step(run_config, student, tx, steps_per_epoch)(state, batch, teacher_outputs)
+        return make_student_step(run_config, student, teacher, tx, steps_per_epoch)(state, batch, teacher_outputs)
 
     def multi_run_step(states, batch, teacher_variables, values):
         teacher_outputs = None

@@ -1,0 +1,173 @@
+"""Reference vectors of the original distillers' `forward_train`, for the methods' parity tests.
+
+    python benchmarks/reference_distillers.py --code DIR [--out tests/data/distiller_references.npz]
+
+DIR holds the original CAT-KD code's `mdistiller` package (github.com/GzyAftermath/CAT-KD, e.g.
+`git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`); it is imported from there, not copied.
+For each method and pair of `PAIRS`, the script builds the original distiller as its
+`tools/train.py` does (plain networks, the toolbox's default `CFG`), fills the teacher, the
+student and the distiller's own modules with `catkd_jax.testing.random_torch_state_dict`, and
+runs `forward_train` in training mode (teacher in eval mode, as `Distiller.train` leaves it) on
+`testing.reference_batch`, then the summed losses' backward, on the CPU in float32. Stored:
+- the state-dict rows of the three (the test fills the same weights), and the distiller's
+  `get_extra_parameters()`;
+- each loss term;
+- each gradient, of the student's and of the method's parameters, as `testing.norm_and_projection`'s
+  (norm, projection) per tensor, named by its PyTorch key;
+- for the methods with their own parameters (FitNet, VID), one step of the original trainer's
+  optimiser (SGD, lr 0.05, momentum 0.9, weight decay 5e-4, over `get_learnable_parameters`):
+  the summaries of every parameter's change and of every BatchNorm's running statistics after it;
+- per loss term and summarised tensor, its distance from the same step at float64
+  (`<group>_rounding`): the float32 reference's own rounding error.
+The original's `mdistiller.engine.cfg` needs `yacs` (`pip install yacs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+import torch
+
+import original_code  # the sibling module: python puts this directory first on the path
+from catkd_jax import testing
+
+# Pair name -> (teacher, student): one pair within the ResNet family, one across families.
+PAIRS = {"resnet20_resnet8": ("resnet20", "resnet8"), "vgg8_resnet8": ("vgg8", "resnet8"),
+         "wrn_16_2_resnet8": ("wrn_16_2", "resnet8")}
+# The feature methods, checked here (`original_code.DISTILLERS` names their distillers).
+METHODS = ("fitnet", "at", "nst", "pkt", "kdsvd", "rkd", "sp", "vid")
+WHOLE_STEP = ("fitnet", "vid")
+# KDSVD decomposes stage pairs of equal widths only (the original's align_rsv fails on VGG's
+# smaller maps): its cross-family pair is a WideResNet teacher's. So is VID's: on VGG's 4x4 last
+# map, each gradient entry of its last regressor sums only 128 positions, and a ReLU input within
+# float32 rounding of 0 (there are two) makes any two float32 implementations differ by 1e-3.
+CROSS_FAMILY_PAIR = {"kdsvd": "wrn_16_2_resnet8", "vid": "wrn_16_2_resnet8"}
+
+
+def method_pairs(method: str) -> tuple[str, str]:
+    """The two pairs a method's parity is checked on: within a family, across families."""
+    return "resnet20_resnet8", CROSS_FAMILY_PAIR.get(method, "vgg8_resnet8")
+NUM_CLASSES = 100
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+
+
+def _module_state(distiller: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The distiller's own modules' entries of its state dict (no `student.` / `teacher.` keys)."""
+    return {key: value for key, value in distiller.state_dict().items()
+            if not key.startswith(("student.", "teacher."))}
+
+
+def _load(module: torch.nn.Module, rows: list, seed: int) -> None:
+    state = {name: torch.from_numpy(value) for name, value in testing.random_torch_state_dict(rows, seed).items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    names = {name for name, _, _ in rows}
+    assert not unexpected and not names & set(missing), (missing, unexpected)
+
+
+def _summaries(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    names = list(arrays)
+    return np.asarray(names), np.stack([testing.norm_and_projection(arrays[name], index) for index, name in enumerate(names)])
+
+
+def _store(result: dict, raw: dict, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """`arrays`' names and summaries in `result` under `name`; the arrays themselves in `raw`."""
+    result[f"{name}_names"], result[name] = _summaries(arrays)
+    raw[name] = arrays
+
+
+def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) -> tuple[dict, dict]:
+    """The original's step for `method` on the pair, at `dtype`: the stored arrays (see the module
+    doc), and the summarised arrays themselves by group."""
+    from mdistiller.distillers import distiller_dict  # pylint: disable=import-outside-toplevel
+    from mdistiller.engine.cfg import CFG  # pylint: disable=import-outside-toplevel
+    from mdistiller.models import cifar_model_dict  # pylint: disable=import-outside-toplevel
+
+    torch.manual_seed(0)
+    teacher = cifar_model_dict[teacher_arch][0](num_classes=NUM_CLASSES)
+    student = cifar_model_dict[student_arch][0](num_classes=NUM_CLASSES)
+    rows = {"teacher": testing.state_dict_rows(teacher.state_dict()),
+            "student": testing.state_dict_rows(student.state_dict())}
+    distiller = distiller_dict[original_code.DISTILLERS[method]](student, teacher, CFG.clone())
+    # Loaded after the distiller is built: FitNet's and VID's constructors run both networks once
+    # in training mode (`get_feat_shapes`), which moves their BatchNorm statistics.
+    _load(teacher, rows["teacher"], testing.TEACHER_SEED)
+    _load(student, rows["student"], testing.STUDENT_SEED)
+    rows["method"] = testing.state_dict_rows(_module_state(distiller))
+    _load(distiller, rows["method"], testing.METHOD_SEED)
+    distiller.to(dtype).train()
+
+    images, labels = testing.reference_batch()
+    image = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(dtype)
+    target = torch.from_numpy(labels.astype(np.int64))
+    before = {name: value.detach().clone() for name, value in distiller.named_parameters()}
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=LR, momentum=MOMENTUM,
+                                weight_decay=WEIGHT_DECAY)
+    optimizer.zero_grad()
+    _, losses = distiller(image=image, target=target, epoch=1)
+    loss = sum(value.mean() for value in losses.values())
+    loss.backward()
+
+    result = {"rows": np.asarray(json.dumps(rows)), "networks": np.asarray([teacher_arch, student_arch]),
+              "term_names": np.asarray(list(losses)),
+              "extra_parameters": np.asarray(distiller.get_extra_parameters()),
+              "terms": np.asarray([float(value.detach().mean()) for value in losses.values()], np.float64)}
+    learnable = {id(parameter) for parameter in distiller.get_learnable_parameters()}
+    parameters = {name: parameter for name, parameter in distiller.named_parameters() if id(parameter) in learnable}
+    student_grads = {name.removeprefix("student."): parameter.grad.numpy().copy()
+                     for name, parameter in parameters.items() if name.startswith("student.")}
+    method_grads = {name: parameter.grad.numpy().copy()
+                    for name, parameter in parameters.items() if not name.startswith("student.")}
+    raw = {"terms": {"terms": result["terms"]}}
+    _store(result, raw, "student_grads", student_grads)
+    if method_grads:
+        _store(result, raw, "method_grads", method_grads)
+    if method in WHOLE_STEP:
+        optimizer.step()
+        changes = {name: (parameter.detach() - before[name]).numpy() for name, parameter in parameters.items()}
+        statistics = {name: value.numpy().copy() for name, value in distiller.state_dict().items()
+                      if name.endswith(("running_mean", "running_var")) and not name.startswith("teacher.")}
+        _store(result, raw, "step_changes", changes)
+        _store(result, raw, "step_statistics", statistics)
+    return result, raw
+
+
+def reference(method: str, teacher_arch: str, student_arch: str) -> dict[str, np.ndarray]:
+    """The float32 step's arrays, and `<group>_rounding` of each group: per loss term or tensor,
+    the l2 distance of the float32 step's value from the same step's at float64, the original's
+    own rounding error (the tests' tolerance where a method is too ill-conditioned for 1e-4 at
+    float32, e.g. PKT's KL of near-equal distributions)."""
+    result, raw = _run(method, teacher_arch, student_arch, torch.float32)
+    _, exact = _run(method, teacher_arch, student_arch, torch.float64)
+    for group, arrays in raw.items():
+        if group == "terms":
+            result["terms_rounding"] = np.abs(arrays["terms"] - exact["terms"]["terms"])
+        else:
+            result[f"{group}_rounding"] = np.asarray([np.linalg.norm(np.asarray(arrays[name], np.float64) - exact[group][name])
+                                                      for name in result[f"{group}_names"]])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    original_code.add_code_argument(parser)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tests/data/distiller_references.npz"))
+    args = parser.parse_args()
+    original_code.use_code(parser, args.code, "distillers/FitNet.py")
+    torch.set_num_threads(1)  # deterministic sums
+    arrays = {}
+    for method in METHODS:
+        for pair in method_pairs(method):
+            teacher, student = PAIRS[pair]
+            for name, value in reference(method, teacher, student).items():
+                arrays[f"{pair}/{method}/{name}"] = value
+            print(f"{pair} {method}: {dict(zip(arrays[f'{pair}/{method}/term_names'], arrays[f'{pair}/{method}/terms']))}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()

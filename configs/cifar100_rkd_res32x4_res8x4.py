@@ -1,0 +1,20 @@
+"""CIFAR-100 relational KD (Park et al. 2019), resnet32x4 -> resnet8x4: a baseline of the mdistiller toolbox."""
+
+from catkd_jax import config_files
+from catkd_jax import default_config as default
+
+
+def get_config():
+    config = default.get_config()
+    # Every number below: the original's `configs/cifar100/rkd.yaml` for this pair, with
+    # the method's fields at the original's CFG.RKD defaults (default_config.py), restated here.
+    config.method = "rkd"
+    config.student.arch = "resnet8x4"
+    config.student.classifier_bias = True  # the toolbox's baselines train plain (biased linear) students
+    config.teacher.arch = "resnet32x4"
+    config.teacher.config = config_files.beside(__file__, "cifar100_teacher_resnet32x4.py")
+    config.optim.lr = 0.05
+    config.rkd.distance_weight = 25.0
+    config.rkd.angle_weight = 50.0
+    config.rkd.feat_weight = 1.0
+    return config
