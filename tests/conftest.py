@@ -18,6 +18,11 @@ import tempfile
 _TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if _TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # a subprocess importing conftest has them
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAGS}".strip()
+# OpenBLAS (NumPy's, and the LAPACK behind jnp.linalg.svd on the CPU) spins a thread per core
+# waiting for work: with two test processes on two cores, a small SVD took 1 s instead of 3 ms
+# (measured: 8 x 512 x 32, loaded machine). One thread each; read when OpenBLAS loads, after
+# this, and inherited by subprocesses.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -64,11 +69,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # workers (`-n 2 --dist loadfile`), each file runs whole on one worker in this order: long files
 # start first and short ones fill the end, instead of one long file running on alone. A stale
 # list costs only that balance.
-_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_benchmarks.py", "test_training.py", "test_interruption.py",
-                  "test_multihost.py", "test_imagenet_e2e.py", "test_models.py", "test_resume.py", "test_data.py",
-                  "test_cli.py", "test_convert.py", "test_folding.py", "test_probe.py", "test_visualize.py",
-                  "test_readme.py", "test_losses.py", "test_imagenet_models.py", "test_initialization.py",
-                  "test_methods.py")
+_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_feature_methods.py", "test_benchmarks.py",
+                  "test_interruption.py", "test_training.py", "test_multihost.py", "test_models.py",
+                  "test_imagenet_e2e.py", "test_data.py", "test_resume.py", "test_cli.py", "test_method_parity.py",
+                  "test_convert.py", "test_folding.py", "test_readme.py", "test_imagenet_models.py",
+                  "test_visualize.py", "test_probe.py", "test_losses.py", "test_initialization.py", "test_methods.py",
+                  "test_stages.py", "test_feature_losses.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catkd_jax import checkpoints, interruption, runs, training
+from catkd_jax import checkpoints, interruption, methods, runs, training
+from catkd_jax.errors import UserError
 from conftest import read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
 
@@ -22,10 +23,12 @@ WITH_MODULES = ("fitnet", "vid")
 
 def _config(method: str, teacher_dir):
     """Two runs (the method's loss weight swept) of `tiny_config` on its teacher, vmapped: one
-    compiled program; 4 steps of 16 images."""
+    compiled program; 4 steps of 8 images, 16 test images. (Few: a CPU runs the runs' vmapped
+    convolutions, grouped ones, slowly.)"""
     feat_weight = tiny_config()[method].feat_weight  # the method's default, and half of it
     return tiny_config(method=method, teacher__checkpoint=str(teacher_dir), runs__vectorize="vmap",
-                       runs__sweep=f"{method}.feat_weight={feat_weight:g},{feat_weight / 2:g}")
+                       runs__sweep=f"{method}.feat_weight={feat_weight:g},{feat_weight / 2:g}",
+                       data__synthetic_train_size=32, batch_size=8, data__synthetic_test_size=16)
 
 
 def _saved_states(workdir) -> list[dict]:
@@ -92,3 +95,12 @@ def test_a_method_with_modules_resumes_bit_identically_after_sigterm_mid_epoch(m
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     for run in ("run_0", "run_1"):
         assert timeless_metrics(tmp_path / run) == timeless_metrics(uninterrupted / run)
+
+
+def test_kdsvd_is_refused_on_several_cpu_devices_in_one_line():
+    (device,) = jax.devices()
+    with pytest.raises(UserError, match=r"^method 'kdsvd' cannot train on 2 CPU devices: its SVD step hangs .*; "
+                                        r"train it on one \(e\.g\. without --xla_force_host_platform_device_count\)$"):
+        methods.check_devices("kdsvd", [device, device])
+    methods.check_devices("kdsvd", [device])
+    methods.check_devices("fitnet", [device, device])

@@ -236,9 +236,12 @@ def test_eval_of_a_multi_run_workdir_evaluates_every_run(two_seed_program, capsy
     assert one["test_acc"] == pytest.approx(logged[1], abs=1e-9)
 
 
-_CLI_SETTINGS = {"runs.seeds": (0, 1), "method": "vanilla", "student.arch": "resnet8", "student.classifier_bias": True,
-                 "data.source": "synthetic", "data.name": "cifar10", "data.synthetic_train_size": 32,
-                 "data.synthetic_test_size": 16, "batch_size": 16, "eval_batch_size": 16, "num_epochs": 1}
+# FitNet: a method with its own trainable module and a BatchNorm's running statistics, which on
+# two devices must see the global batch too.
+_CLI_SETTINGS = {"runs.seeds": (0, 1), "method": "fitnet", "student.arch": "resnet8", "student.classifier_bias": True,
+                 "teacher.arch": "resnet8", "data.source": "synthetic", "data.name": "cifar10",
+                 "data.synthetic_train_size": 32, "data.synthetic_test_size": 16, "batch_size": 16,
+                 "eval_batch_size": 16, "num_epochs": 1}
 
 _CLI_SCRIPT = textwrap.dedent(
     """
@@ -253,14 +256,15 @@ _CLI_SCRIPT = textwrap.dedent(
 )
 
 
-def test_command_line_seeds_on_two_devices_match_one_device(tmp_path):
+def test_command_line_seeds_on_two_devices_match_one_device(teacher_dir, tmp_path):
     """`--config.runs.seeds=(0,1)` through main.py, with the runs' batches split over 2 devices,
     against the same config trained here on this process's one device."""
     config_file = REPO_ROOT / "configs" / "cifar100_res32x4_res8x4.py"
+    settings = dict(_CLI_SETTINGS, **{"teacher.checkpoint": str(teacher_dir)})
     assert jax.device_count() == 1
-    training.train_and_evaluate(config_files.with_values(config_files.load_config(config_file), _CLI_SETTINGS),
+    training.train_and_evaluate(config_files.with_values(config_files.load_config(config_file), settings),
                                 tmp_path / "devices1")
-    flags = [f"--config.{key}={value}" for key, value in _CLI_SETTINGS.items()]
+    flags = [f"--config.{key}={value}" for key, value in settings.items()]
     script = _CLI_SCRIPT.format(config=str(config_file), workdir=str(tmp_path / "devices2"), flags=flags,
                                 main=str(REPO_ROOT / "main.py"))
     env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")

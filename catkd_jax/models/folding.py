@@ -15,6 +15,7 @@ new bias and the folded BatchNorms skipped.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Sequence
 
 import flax
@@ -36,11 +37,21 @@ def conv_batch_norm_pairs(model: nn.Module, variables: Variables, image_shape: t
 
     A conv output used elsewhere too (a pre-activation block's identity shortcut) or recorded as a
     stage (`catkd_jax.models.stages`: the WideResNets' stem conv) is not folded, so that folded
-    variables give every stage too.
-    Found from the model's jaxpr, in which every conv output and BatchNorm input is tagged with
-    its module path. Paths are tuples of submodule names, as in the variables pytree;
-    `image_shape` is `[H, W, 3]`.
+    variables give every stage too. Paths are tuples of submodule names, as in the variables
+    pytree; `image_shape` is `[H, W, 3]`. A function of the network and its variables' shapes
+    only, found once per process for each (it traces the whole network: half a second for a
+    resnet8, at every run's start).
     """
+    shapes = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)), variables)
+    leaves, structure = jax.tree_util.tree_flatten(shapes)
+    return list(_conv_batch_norm_pairs(model, structure, tuple(leaves), tuple(image_shape)))
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_batch_norm_pairs(model: nn.Module, structure: Any, leaves: tuple[jax.ShapeDtypeStruct, ...],
+                           image_shape: tuple[int, ...]) -> tuple[tuple[Path, Path], ...]:
+    """`conv_batch_norm_pairs` of variables of `structure` with `leaves`' shapes, found from the
+    model's jaxpr, in which every conv output and BatchNorm input is tagged with its module path."""
 
     def tag(next_fun, args, kwargs, context):
         module = context.module
@@ -56,7 +67,7 @@ def conv_batch_norm_pairs(model: nn.Module, variables: Variables, image_shape: t
             return model.apply(variables, images, train=False, mutable=[COLLECTION])
 
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    jaxpr = jax.make_jaxpr(trace)(variables, images).jaxpr
+    jaxpr = jax.make_jaxpr(trace)(jax.tree_util.tree_unflatten(structure, leaves), images).jaxpr
     users = collections.defaultdict(list)
     for equation in jaxpr.eqns:
         for var in equation.invars:
@@ -75,7 +86,7 @@ def conv_batch_norm_pairs(model: nn.Module, variables: Variables, image_shape: t
         kind, _, norm_path = consumers[0].params["name"].partition(_SEPARATOR)
         if kind == "bn":
             pairs.append((tuple(conv_path.split(_SEPARATOR)), tuple(norm_path.split(_SEPARATOR))))
-    return pairs
+    return tuple(pairs)
 
 
 def fold_batch_norm(model: nn.Module, variables: Variables, image_shape: tuple[int, ...]) -> Variables:

@@ -1,8 +1,10 @@
 """What `train_and_evaluate` is made of, and the public pieces to build your own loop from.
 
     optim     lr schedule, torch-style SGD (`create_optimizer`)
-    state     `TrainState` from a seed (`initialize`) or given variables (`create_train_state`)
-    steps     pure train/eval steps (`make_train_step`, `make_eval_step`, many runs at once)
+    state     `TrainState` (the student's and the method's own modules') from a seed
+              (`initialize`) or given variables (`create_train_state`)
+    steps     pure train/eval steps (`make_loss_fn`, `make_train_step`, `make_eval_step`;
+              many runs at once: the same step over a run axis)
     teacher   the frozen teacher: loading, BatchNorm folding
     loop      `train_and_evaluate`: epochs, logs, checkpoints, resume, interruption
     evaluate  `evaluate` a saved network, `load_network`

@@ -26,12 +26,14 @@ def activation_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 def initialize(model: flax.linen.Module, key: jax.Array, image_shape: tuple[int, ...]) -> Variables:
     """`{"params", "batch_stats"}` of `model` for images of `image_shape` `[H, W, 3]`."""
-    return _initializer(model, image_shape)(key)
+    return _initializer(model, tuple(image_shape))(key)
 
 
+@functools.lru_cache(maxsize=None)
 def _initializer(model: flax.linen.Module, image_shape: tuple[int, ...]) -> Callable[[jax.Array], Variables]:
-    """`initialize` of `model` as a function of the key, traced and compiled once for all keys."""
-    images = jnp.zeros((1, *image_shape), jnp.float32)
+    """`initialize` of `model` as a function of the key, traced and compiled once per process for
+    all keys (and all runs that start in it)."""
+    images = np.zeros((1, *image_shape), np.float32)  # NumPy: never a tracer of the caller's transformation
     init = jax.jit(functools.partial(model.init, train=False))
     return lambda key: init(key, images)
 
@@ -111,7 +113,7 @@ def initial_states(
     teacher's module) always from the run's seed.
     """
     states = []
-    initialize_student = _initializer(student, image_shape)
+    initialize_student = _initializer(student, tuple(image_shape))
     for run, run_config in zip(plan.runs, run_configs):
         variables = weights
         if variables is None:
