@@ -21,6 +21,19 @@ def use_code(parser: argparse.ArgumentParser, folder: pathlib.Path, required: st
     sys.path.insert(0, str(folder))
 
 
+def reference_arguments(description: str, out_help: str, seed_help: str,
+                        argv: list[str] | None = None) -> argparse.Namespace:
+    """`--code DIR --out FILE [--seed N]` of a script that records facts of the original's networks
+    (`--code` checked with `use_code`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_code_argument(parser)
+    parser.add_argument("--out", type=pathlib.Path, required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    args = parser.parse_args(argv)
+    use_code(parser, args.code, "models/cifar/resnet.py")
+    return args
+
+
 # This project's method names -> the original's `distiller_dict` keys.
 DISTILLERS = {"vanilla": "NONE", "cat_kd": "CAT_KD", "kd": "KD", "dkd": "DKD", "fitnet": "FITNET", "at": "AT",
               "nst": "NST", "pkt": "PKT", "kdsvd": "KDSVD", "rkd": "RKD", "sp": "SP", "vid": "VID"}

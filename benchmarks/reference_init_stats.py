@@ -24,7 +24,6 @@ import contextlib
 import importlib
 import io
 import json
-import pathlib
 import re
 from typing import Callable
 
@@ -127,13 +126,7 @@ def dumps(content: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    original_code.add_code_argument(parser)
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="the JSON file to write")
-    parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before each network")
-    args = parser.parse_args(argv)
-    original_code.use_code(parser, args.code, "models/cifar/resnet.py")
-    return args
+    return original_code.reference_arguments(__doc__, "the JSON file to write", "torch.manual_seed before each network", argv)
 
 
 def main() -> None:

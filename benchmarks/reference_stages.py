@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import io
 import json
-import pathlib
 
 import numpy as np
 import torch
@@ -85,13 +84,7 @@ def collect(seed: int) -> dict[str, np.ndarray]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    original_code.add_code_argument(parser)
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="the .npz file to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
-    args = parser.parse_args(argv)
-    original_code.use_code(parser, args.code, "models/cifar/resnet.py")
-    return args
+    return original_code.reference_arguments(__doc__, "the .npz file to write", "seed of the weights and images", argv)
 
 
 def main() -> None:
