@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catkd_jax import checkpoints, interruption, methods, runs, training
-from catkd_jax.errors import UserError
+from catkd_jax import checkpoints, config_files, interruption, methods, runs, training
+from catkd_jax.errors import ConfigError, UserError
 from conftest import read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
 
@@ -104,3 +104,13 @@ def test_kdsvd_is_refused_on_several_cpu_devices_in_one_line():
         methods.check_devices("kdsvd", [device, device])
     methods.check_devices("kdsvd", [device])
     methods.check_devices("fitnet", [device, device])
+
+
+def test_kdsvd_runs_are_vmapped_on_a_cpu_and_unrolling_them_is_refused():
+    sweep = tiny_config(method="kdsvd", runs__sweep="kdsvd.feat_weight=1,2")
+    assert runs.vectorize(sweep)  # 'auto' on a CPU, which unrolls other methods' runs
+    assert not runs.vectorize(tiny_config(method="at", runs__sweep="at.feat_weight=1,2"))
+    with pytest.raises(ConfigError, match=r"^config.runs.vectorize='unroll' cannot train method 'kdsvd''s runs on a "
+                                          r"CPU: its SVD step hangs .*; use 'auto' or 'vmap'$"):
+        runs.vectorize(config_files.with_values(sweep, {"runs.vectorize": "unroll"}))
+    assert not runs.vectorize(tiny_config(method="kdsvd"))  # one run: unrolled as before

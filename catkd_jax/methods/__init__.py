@@ -56,7 +56,7 @@ def needs_teacher(name: str) -> bool:
 
 def check_devices(name: str, devices: Sequence[jax.Device]) -> None:
     """Refuses, in one line, a method that cannot train on `devices` (before anything is written)."""
-    problem = get_method(name).several_cpu_devices_problem
+    problem = get_method(name).concurrent_cpu_problem
     if problem and len(devices) > 1 and devices[0].platform == "cpu":
         raise UserError(f"method {name!r} cannot train on {len(devices)} CPU devices: {problem}; "
                         "train it on one (e.g. without --xla_force_host_platform_device_count)")

@@ -57,8 +57,9 @@ class Method:
     reads_stages: ClassVar[bool] = False
     # The original distiller's attribute that holds the method's modules ('' for none).
     torch_module_name: ClassVar[str] = ""
-    # Why the method cannot train on several CPU devices ('' when it can).
-    several_cpu_devices_problem: ClassVar[str] = ""
+    # Why two of the method's steps cannot run at once on a CPU ('' when they can): on several
+    # CPU devices, or as several runs unrolled in one program (`runs.vectorize`).
+    concurrent_cpu_problem: ClassVar[str] = ""
 
     def __init__(self, config: ml_collections.ConfigDict, student: nn.Module, teacher: nn.Module | None):
         self.config = config
