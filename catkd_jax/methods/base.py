@@ -62,9 +62,9 @@ class Method:
     concurrent_cpu_problem: ClassVar[str] = ""
 
     def __init__(self, config: ml_collections.ConfigDict, student: nn.Module, teacher: nn.Module | None):
+        """`student`, `teacher`: the networks' modules, which a method's own modules are shaped by."""
+        del student, teacher
         self.config = config
-        self.student = student
-        self.teacher = teacher
 
     def init(self, key: jax.Array) -> Variables:
         """The method's own variables, initialised as the original initialises its modules."""

@@ -145,10 +145,9 @@ class FitNet(Method):
             raise ConfigError(f"config.fitnet.hint_layer={layer} is not a stage of both networks (they have "
                               f"{len(student_feats)} and {len(teacher_feats)} feats)")
         self.regressor = ConvReg(tuple(student_feats[layer].shape), tuple(teacher_feats[layer].shape))
-        self.student_hint_shape = student_feats[layer].shape
 
     def init(self, key: jax.Array) -> Variables:
-        return self.regressor.init(key, jnp.zeros(self.student_hint_shape, jnp.float32))
+        return self.regressor.init(key, jnp.zeros(self.regressor.student_shape, jnp.float32))
 
     def __call__(self, variables, student, teacher, batch, epoch):
         del epoch
