@@ -8,12 +8,14 @@ import json
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from catkd_jax import checkpoints, config_files, interruption, methods, runs, training
 from catkd_jax.errors import ConfigError, UserError
+from catkd_jax.models import stages as model_stages
 from conftest import read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
 
@@ -114,3 +116,15 @@ def test_kdsvd_runs_are_vmapped_on_a_cpu_and_unrolling_them_is_refused():
                                           r"CPU: its SVD step hangs .*; use 'auto' or 'vmap'$"):
         runs.vectorize(config_files.with_values(sweep, {"runs.vectorize": "unroll"}))
     assert not runs.vectorize(tiny_config(method="kdsvd"))  # one run: unrolled as before
+
+
+def test_kdsvd_on_stages_of_unequal_widths_is_refused_in_one_line():
+    def outputs(widths):
+        feats = tuple(jnp.ones((2, width, width, 4)) for width in widths)
+        stages = model_stages.Stages(feats=feats, preact_feats=feats, pooled_feat=jnp.ones((2, 4)))
+        return methods.Outputs(jnp.zeros((2, 10)), feats[-1], jnp.zeros((4, 10)), None, stages)
+
+    method = methods.create(tiny_config(method="kdsvd"), None, None)
+    with pytest.raises(ConfigError, match=r"^KDSVD compares stages of equal widths, but the student's feats\[2\] is 8 "
+                                          r"wide and the teacher's 4 \(the original fails on such pairs too\); choose"):
+        method.loss_terms(outputs((16, 16, 8)), outputs((16, 16, 4)), jnp.zeros(2, jnp.int32), jnp.float32(1))
