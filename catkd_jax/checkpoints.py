@@ -229,9 +229,10 @@ def _quiet_failed_reads() -> Iterator[None]:
                 yield
             except Exception:
                 time.sleep(_LATE_READS_SECONDS)  # the reads still in flight report into the filter
+                # Abandoned futures report now, while the filters are on. Only a failed read leaves
+                # any, and a full collection costs a large process a noticeable time per read.
+                gc.collect()
                 raise
-            finally:
-                gc.collect()  # abandoned futures report now, while the filters are on
     finally:
         asyncio_log.removeFilter(never_retrieved)
         sys.unraisablehook = previous_hook

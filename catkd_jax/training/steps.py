@@ -216,12 +216,15 @@ def _over_runs(fn: Callable, num_runs: int, in_axes: tuple[int | None, ...], vec
     """`fn` over the leading run axis of its arguments whose `in_axes` is 0 (None: shared).
 
     Vectorised with `jax.vmap`, or unrolled: one call per run in the same program, stacked.
+    Unrolled, `fn` is traced and lowered once for all runs (their arguments have the same shapes),
+    not once per run: XLA inlines the calls, so the program is the same.
     """
     if vectorize:
         return jax.vmap(fn, in_axes=in_axes)
+    one_run = jax.jit(fn)
 
     def unrolled(*args):
-        results = [fn(*(arg if axis is None else runs.unstack(arg, k) for arg, axis in zip(args, in_axes)))
+        results = [one_run(*(arg if axis is None else runs.unstack(arg, k) for arg, axis in zip(args, in_axes)))
                    for k in range(num_runs)]
         return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *results)
 
