@@ -76,12 +76,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # workers (`-n 2 --dist loadfile`), each file runs whole on one worker in this order: long files
 # start first and short ones fill the end, instead of one long file running on alone. A stale
 # list costs only that balance.
-_SLOWEST_FILES = ("test_quickstart.py", "test_runs.py", "test_feature_methods.py", "test_benchmarks.py",
-                  "test_interruption.py", "test_training.py", "test_multihost.py", "test_models.py",
-                  "test_imagenet_e2e.py", "test_data.py", "test_resume.py", "test_cli.py", "test_method_parity.py",
-                  "test_convert.py", "test_folding.py", "test_readme.py", "test_imagenet_models.py",
-                  "test_visualize.py", "test_probe.py", "test_losses.py", "test_initialization.py", "test_methods.py",
-                  "test_stages.py", "test_feature_losses.py")
+_SLOWEST_FILES = ("test_runs.py", "test_multihost.py", "test_training.py", "test_interruption.py", "test_models.py",
+                  "test_benchmarks.py", "test_feature_methods.py", "test_data.py", "test_method_parity.py",
+                  "test_imagenet_e2e.py", "test_cli.py", "test_convert.py", "test_resume.py", "test_folding.py",
+                  "test_quickstart.py", "test_probe.py", "test_readme.py", "test_visualize.py",
+                  "test_imagenet_models.py", "test_losses.py", "test_initialization.py", "test_methods.py",
+                  "test_stages.py", "test_trivial_augment.py", "test_feature_losses.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
