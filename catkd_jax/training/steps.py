@@ -221,10 +221,10 @@ def _over_runs(fn: Callable, num_runs: int, in_axes: tuple[int | None, ...], vec
     """
     if vectorize:
         return jax.vmap(fn, in_axes=in_axes)
-    one_run = jax.jit(fn)
+    jitted_fn = jax.jit(fn)
 
     def unrolled(*args):
-        results = [one_run(*(arg if axis is None else runs.unstack(arg, k) for arg, axis in zip(args, in_axes)))
+        results = [jitted_fn(*(arg if axis is None else runs.unstack(arg, k) for arg, axis in zip(args, in_axes)))
                    for k in range(num_runs)]
         return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *results)
 
