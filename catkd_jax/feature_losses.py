@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from catkd_jax import linalg
 from catkd_jax.losses import adaptive_avg_pool, l2_normalize
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -194,7 +195,7 @@ def _scaled_right_singular_vectors(features: jax.Array, count: int) -> tuple[jax
     """
     num, height, width, channels = features.shape
     matrices = jnp.transpose(_f32(features), (0, 3, 1, 2)).reshape(num, channels * height, width)
-    _, singular_values, vh = jnp.linalg.svd(matrices, full_matrices=False)
+    singular_values, vh = linalg.singular_values_and_right_vectors(matrices)
     right_vectors = _finite_or_zero(jnp.swapaxes(vh, -1, -2))
     singular_values = _finite_or_zero(singular_values)
     return l2_normalize(right_vectors[:, :, :count], axis=1), l2_normalize(singular_values[:, :count], axis=1)

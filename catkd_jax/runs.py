@@ -26,7 +26,7 @@ import numpy as np
 
 from catkd_jax import config_files, console
 from catkd_jax.errors import ConfigError
-from catkd_jax.methods import METHODS, get_method
+from catkd_jax.methods import METHODS
 
 # Sweepable: the float fields read inside the train step, whose values can then be traced: the
 # optimiser's and every method's section, except fields that set a method's constants as it is built.
@@ -129,19 +129,11 @@ def vectorize(config: ml_collections.ConfigDict) -> bool:
     """Whether to `vmap` the runs' students (`config.runs.vectorize`) rather than unroll them.
 
     'auto' vectorises on accelerators only: XLA's CPU convolutions batched over runs (grouped
-    convolutions) are several times slower than the same convolutions one run at a time. A
-    method whose steps cannot run at once on a CPU (`Method.concurrent_cpu_problem`: KDSVD) is
-    vectorised there when it trains several runs, and refuses 'unroll'.
+    convolutions) are several times slower than the same convolutions one run at a time.
     """
     choice = config.runs.vectorize
     if choice not in ("auto", "vmap", "unroll"):
         raise ConfigError(f"config.runs.vectorize must be 'auto', 'vmap' or 'unroll', got {choice!r}")
-    problem = get_method(config.method).concurrent_cpu_problem if jax.default_backend() == "cpu" else ""
-    if problem and plan_runs(config).multiple:
-        if choice == "unroll":
-            raise ConfigError(f"config.runs.vectorize='unroll' cannot train method {config.method!r}'s runs on a CPU: "
-                              f"{problem}; use 'auto' or 'vmap'")
-        return True
     if choice == "auto":
         return jax.default_backend() != "cpu"
     return choice == "vmap"

@@ -13,8 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catkd_jax import checkpoints, config_files, interruption, methods, runs, training
-from catkd_jax.errors import ConfigError, UserError
+from catkd_jax import checkpoints, interruption, methods, runs, training
+from catkd_jax.errors import ConfigError
 from catkd_jax.models import stages as model_stages
 from conftest import read_metrics, timeless_metrics, tiny_config
 from signalling import signal_at_step
@@ -97,25 +97,6 @@ def test_a_method_with_modules_resumes_bit_identically_after_sigterm_mid_epoch(m
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     for run in ("run_0", "run_1"):
         assert timeless_metrics(tmp_path / run) == timeless_metrics(uninterrupted / run)
-
-
-def test_kdsvd_is_refused_on_several_cpu_devices_in_one_line():
-    (device,) = jax.devices()
-    with pytest.raises(UserError, match=r"^method 'kdsvd' cannot train on 2 CPU devices: its SVD step hangs .*; "
-                                        r"train it on one \(e\.g\. without --xla_force_host_platform_device_count\)$"):
-        methods.check_devices("kdsvd", [device, device])
-    methods.check_devices("kdsvd", [device])
-    methods.check_devices("fitnet", [device, device])
-
-
-def test_kdsvd_runs_are_vmapped_on_a_cpu_and_unrolling_them_is_refused():
-    sweep = tiny_config(method="kdsvd", runs__sweep="kdsvd.feat_weight=1,2")
-    assert runs.vectorize(sweep)  # 'auto' on a CPU, which unrolls other methods' runs
-    assert not runs.vectorize(tiny_config(method="at", runs__sweep="at.feat_weight=1,2"))
-    with pytest.raises(ConfigError, match=r"^config.runs.vectorize='unroll' cannot train method 'kdsvd''s runs on a "
-                                          r"CPU: its SVD step hangs .*; use 'auto' or 'vmap'$"):
-        runs.vectorize(config_files.with_values(sweep, {"runs.vectorize": "unroll"}))
-    assert not runs.vectorize(tiny_config(method="kdsvd"))  # one run: unrolled as before
 
 
 def test_kdsvd_on_stages_of_unequal_widths_is_refused_in_one_line():

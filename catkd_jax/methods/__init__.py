@@ -11,13 +11,10 @@ The training loss is the sum of the terms. Families: `logits` (vanilla, KD, DKD)
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
-import jax
 import ml_collections
 
-from catkd_jax.errors import ConfigError, UserError
+from catkd_jax.errors import ConfigError
 from catkd_jax.methods.base import LossTerms, Method, Outputs, count_parameters
 from catkd_jax.methods.cat_kd import CATKD
 from catkd_jax.methods.features import AT, KDSVD, NST, PKT, RKD, SP, VID, FitNet
@@ -54,13 +51,5 @@ def needs_teacher(name: str) -> bool:
     return get_method(name).needs_teacher
 
 
-def check_devices(name: str, devices: Sequence[jax.Device]) -> None:
-    """Refuses, in one line, a method that cannot train on `devices` (before anything is written)."""
-    problem = get_method(name).concurrent_cpu_problem
-    if problem and len(devices) > 1 and devices[0].platform == "cpu":
-        raise UserError(f"method {name!r} cannot train on {len(devices)} CPU devices: {problem}; "
-                        "train it on one (e.g. without --xla_force_host_platform_device_count)")
-
-
-__all__ = ["METHODS", "LossTerms", "Method", "Outputs", "check_devices", "count_parameters", "create", "get_method",
+__all__ = ["METHODS", "LossTerms", "Method", "Outputs", "count_parameters", "create", "get_method",
            "needs_teacher"]

@@ -57,9 +57,6 @@ class Method:
     reads_stages: ClassVar[bool] = False
     # The original distiller's attribute that holds the method's modules ('' for none).
     torch_module_name: ClassVar[str] = ""
-    # Why two of the method's steps cannot run at once on a CPU ('' when they can): on several
-    # CPU devices, or as several runs unrolled in one program (`runs.vectorize`).
-    concurrent_cpu_problem: ClassVar[str] = ""
 
     def __init__(self, config: ml_collections.ConfigDict, student: nn.Module, teacher: nn.Module | None):
         """`student`, `teacher`: the networks' modules, which a method's own modules are shaped by."""

@@ -84,11 +84,6 @@ class KDSVD(_FeatureMethod):
     """
 
     section = "kdsvd"
-    # Measured: on 2 CPU devices (--xla_force_host_platform_device_count=2) the sharded train step
-    # never returns (one device never reaches the next all-reduce after LAPACK's SVD), nor does a
-    # program of two unrolled runs (a sweep); the SVD of sharded inputs alone, one device, or the
-    # runs vmapped are fine. GPUs are untried.
-    concurrent_cpu_problem = "its SVD step hangs in XLA's CPU runtime when two run at once"
 
     def feature_loss(self, student: Outputs, teacher: Outputs) -> jax.Array:
         student_feats, teacher_feats = _paired_stages(student, teacher)

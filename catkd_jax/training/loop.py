@@ -179,7 +179,6 @@ def train_and_evaluate(
     record.check_allowed_changes(config, allow_changes)
     config = record.with_absolute_paths(config)
     mesh = sharding.create_mesh()
-    methods.check_devices(config.method, mesh.devices.ravel().tolist())
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     plan = runs.plan_runs(config)
