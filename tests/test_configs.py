@@ -112,6 +112,44 @@ def test_cat_kd_pairs_match_original_settings():
         assert config.optim.momentum == pytest.approx(0.9)
 
 
+def _original_dkd_pairs() -> list[tuple[str, str, float, float]]:
+    """The DKD pair table of original_settings.md: (teacher, student, lr, beta)."""
+    text = (REPO_ROOT / "docs" / "original_settings.md").read_text()
+    table = text.split("| teacher | student | lr | β |\n")[1].split("\n\n")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.strip().splitlines()[1:]]
+    return [(teacher, student, float(lr), float(beta)) for teacher, student, lr, beta in rows]
+
+
+def test_dkd_pairs_match_original_settings():
+    pairs = _original_dkd_pairs()
+    assert len(pairs) == 11, "the DKD table of original_settings.md was not read whole"
+    configs = {path.stem: _load(path) for path in CONFIG_FILES if path.stem.startswith("cifar100_dkd_")}
+    assert len(configs) == len(pairs)
+    for teacher, student, lr, beta in pairs:
+        stems = [stem for stem, config in configs.items() if (config.teacher.arch, config.student.arch) == (teacher, student)]
+        assert len(stems) == 1, f"{teacher} -> {student}: DKD configs {stems}, expected exactly one"
+        config = configs[stems[0]]
+        assert config.method == "dkd" and config.student.classifier_bias is True
+        assert config.teacher.config == str(REPO_ROOT / "configs" / f"cifar100_teacher_{teacher}.py")
+        assert (config.optim.lr, config.dkd.beta) == (pytest.approx(lr), pytest.approx(beta)), stems
+        # CFG.DKD's defaults, which no CIFAR-100 config of the original changes.
+        assert (config.dkd.ce_weight, config.dkd.alpha, config.dkd.temperature, config.dkd.warmup_epochs) == (
+            1.0, 1.0, 4.0, 20), stems
+        assert config.num_epochs == 240 and config.batch_size == 64
+        assert tuple(config.optim.decay_epochs) == (150, 180, 210)
+        assert config.optim.weight_decay == pytest.approx(5e-4) and config.optim.momentum == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("stem, beta", [("imagenet_dkd_res34_res18", 0.5), ("imagenet_dkd_res50_mobilenet", 2.0)])
+def test_imagenet_dkd_configs_match_the_originals(stem, beta):
+    config = _load(CONFIG_DIR / f"{stem}.py")
+    assert config.method == "dkd" and config.student.classifier_bias is True
+    assert (config.dkd.ce_weight, config.dkd.alpha, config.dkd.beta, config.dkd.temperature,
+            config.dkd.warmup_epochs) == (1.0, 1.0, beta, 1.0, 1)
+    assert (config.optim.lr, config.batch_size, config.num_epochs) == (pytest.approx(0.2), 512, 100)
+    assert tuple(config.optim.decay_epochs) == (30, 60, 90) and config.optim.weight_decay == pytest.approx(1e-4)
+
+
 # ml_collections loads config files with the deprecated `SourceFileLoader.load_module`.
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))
