@@ -62,6 +62,7 @@ def test_each_lapack_call_decomposes_one_matrix_on_a_cpu_even_vmapped():
     """Two runs vmapped over a batch of 4: the batched kernel would get all 8 matrices at once."""
     runs = jnp.stack([_matrices((4, 12, 5))] * 2)
     gradient = jax.vmap(jax.grad(_objective(linalg.singular_values_and_right_vectors)))
-    assert _gesdd_batch_sizes(gradient, runs) and set(_gesdd_batch_sizes(gradient, runs)) == {1}
+    batch_sizes = _gesdd_batch_sizes(gradient, runs)
+    assert batch_sizes and set(batch_sizes) == {1}, batch_sizes
     # What the check guards against: jnp.linalg.svd's one call on every matrix.
     assert _gesdd_batch_sizes(jax.vmap(jax.grad(_objective(_reference))), runs) == [8]
