@@ -9,6 +9,8 @@ left to run, and the step never returns (seen as an intermittent hang of KDSVD's
 `BlockingCounter::Wait`). A call on one matrix runs inline, so on a CPU this decomposes the
 matrices one at a time, in a loop that stays a loop under `jax.vmap`; other backends keep the
 batched call. The decompositions are LAPACK's, unchanged; the derivative is the standard one.
+jax's later sources (its main branch of 2026-08; 0.11.0 still schedules) run the chunks inline in
+open-source builds: with such a jaxlib, `jnp.linalg.svd` alone would do.
 """
 
 from __future__ import annotations
