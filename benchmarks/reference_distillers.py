@@ -1,6 +1,7 @@
 """Reference vectors of the original distillers' `forward_train`, for the methods' parity tests.
 
     python benchmarks/reference_distillers.py --code DIR [--out tests/data/distiller_references.npz]
+        [--methods METHOD ...]
 
 DIR holds the original CAT-KD code's `mdistiller` package (github.com/GzyAftermath/CAT-KD, e.g.
 `git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`); it is imported from there, not copied.
@@ -154,11 +155,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     original_code.add_code_argument(parser)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tests/data/distiller_references.npz"))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+                        help="record only these methods; the others' entries in --out are kept")
     args = parser.parse_args()
     original_code.use_code(parser, args.code, "distillers/FitNet.py")
     torch.set_num_threads(1)  # deterministic sums
     arrays = {}
-    for method in METHODS:
+    if set(args.methods) != set(METHODS) and args.out.exists():
+        with np.load(args.out) as kept:
+            arrays = {name: kept[name] for name in kept.files if name.split("/")[1] not in args.methods}
+    for method in args.methods:
         for pair in method_pairs(method):
             teacher, student = PAIRS[pair]
             for name, value in reference(method, teacher, student).items():

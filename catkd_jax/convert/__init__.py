@@ -49,6 +49,8 @@ _LEAF_NAMES = {
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
+# The collections a PyTorch state dict holds (parameters and BatchNorm buffers).
+MODULE_COLLECTIONS = ("params", "batch_stats")
 
 
 class CheckpointMismatchError(InputError):
@@ -255,9 +257,10 @@ def torch_arrays(variables: Mapping[str, Any], arch: str, cam_head: bool = False
 
 def module_torch_arrays(variables: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
     """`module_from_torch`'s inverse: every leaf of a module's variables under its PyTorch key
-    (`prefix.<module path>.weight`, ...), in PyTorch's layout."""
+    (`prefix.<module path>.weight`, ...), in PyTorch's layout; collections other than
+    `MODULE_COLLECTIONS` (a method's constants) have no key and are left out."""
     return {".".join((prefix, *module_path, _LEAF_NAMES[(collection, leaf_name)])): _to_torch_layout(value)
-            for collection, module_path, leaf_name, value in _leaves(variables)}
+            for collection, module_path, leaf_name, value in _leaves(variables) if collection in MODULE_COLLECTIONS}
 
 
 def _leaves(variables: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...], str, np.ndarray]]:

@@ -42,19 +42,22 @@ class Method:
     """A distillation method: the loss terms of one step, from both networks' outputs.
 
     A method may own modules (a regressor, embeddings) and state (running statistics, memory
-    banks): `init` makes their variables, `{"params": ..., <other collections>: ...}` (`{}`
-    for none). Their "params" train with the student's optimiser (the original's
+    banks, constants derived from the teacher's weights): `init` makes their variables,
+    `{"params": ..., <other collections>: ...}` (`{}` for none). Their "params" train with the student's optimiser (the original's
     `get_learnable_parameters`) and are saved in the run's checkpoint; evaluation, export and
     probes see the student only. `__call__` returns the step's terms (their sum is the loss)
     and the new values of the non-"params" collections.
 
-    Class attributes: `needs_teacher` (vanilla training has none) and `reads_stages` (the
-    networks' intermediate features, `Outputs.stages`, are computed for it).
+    Class attributes: `needs_teacher` (vanilla training has none), `reads_stages` (the
+    networks' intermediate features, `Outputs.stages`, are computed for it) and
+    `teacher_in_train_mode` (the teacher's BatchNorms use the batch's statistics, as in a
+    distiller whose `train()` puts the teacher in training mode).
     The config is static at trace time, except a swept field, which is a traced scalar.
     """
 
     needs_teacher: ClassVar[bool] = True
     reads_stages: ClassVar[bool] = False
+    teacher_in_train_mode: ClassVar[bool] = False
     # The original distiller's attribute that holds the method's modules ('' for none).
     torch_module_name: ClassVar[str] = ""
 
@@ -63,18 +66,28 @@ class Method:
         del student, teacher
         self.config = config
 
-    def init(self, key: jax.Array) -> Variables:
-        """The method's own variables, initialised as the original initialises its modules."""
-        del key
+    def init(self, key: jax.Array, teacher_variables: Variables | None = None) -> Variables:
+        """The method's own variables, initialised as the original initialises its modules.
+
+        `teacher_variables`: the frozen teacher's, as the train step receives them (None without
+        a teacher), for a method whose constants derive from the teacher's weights.
+        """
+        del key, teacher_variables
         return {}
 
-    def variables_from_torch(self, state_dict: Mapping[str, Any]) -> Variables:
+    def variables_from_torch(self, state_dict: Mapping[str, Any],
+                             teacher_variables: Variables | None = None) -> Variables:
         """The method's variables from the original distiller's state dict, so that a step can
-        start from the original's state (its `student.*` and `teacher.*` keys are ignored)."""
-        if not self.torch_module_name:
-            return {}
-        template = jax.eval_shape(self.init, jax.random.key(0))
-        return convert.module_from_torch(state_dict, template, self.torch_module_name)
+        start from the original's state (its `student.*` and `teacher.*` keys are ignored).
+
+        The "params" and "batch_stats" of the module `torch_module_name` come from the state dict;
+        other collections (constants the original keeps outside its state dict) from `init`.
+        """
+        initial = self.init(jax.random.key(0), teacher_variables)
+        converted = {name: value for name, value in initial.items() if name in convert.MODULE_COLLECTIONS}
+        if not converted:
+            return initial
+        return initial | convert.module_from_torch(state_dict, converted, self.torch_module_name)
 
     def __call__(
         self, variables: Variables, student: Outputs, teacher: Outputs | None, batch: dict[str, jax.Array],

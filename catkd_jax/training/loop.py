@@ -256,7 +256,8 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     `write_records(step)`, if given, after the first checkpoint saved."""
     source = sources[0]
     steps_per_epoch = source.steps_per_epoch
-    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights, teacher)
+    state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights, teacher,
+                           teacher_variables)
     extra_parameters = methods.count_parameters({"params": runs.unstack(state.method_params, 0)})
     if extra_parameters:  # as the original reports them (its get_extra_parameters)
         report(f"Extra parameters of {config.method}: {extra_parameters}")

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from catkd_jax import config_files, methods, runs
+from catkd_jax.errors import ConfigError
 from catkd_jax.models import folding
 from catkd_jax.models import stages as model_stages
 from catkd_jax.training.optim import create_optimizer
@@ -43,15 +44,25 @@ def _accuracy_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> t
 def make_teacher_forward(
     config: ml_collections.ConfigDict, teacher: flax.linen.Module | None
 ) -> Callable[[Variables, jax.Array], methods.Outputs] | None:
-    """The frozen teacher's inference `(variables, images [N, H, W, 3]) -> Outputs`, or None.
+    """The frozen teacher's forward pass `(variables, images [N, H, W, 3]) -> Outputs`, or None.
 
     `variables` are those of `teacher_inference_variables`; no gradient flows through it. The
-    outputs carry the teacher's stages when `config.method` reads them.
+    teacher runs in inference mode, or in training mode for a method that says so
+    (`Method.teacher_in_train_mode`); its outputs carry its stages when `config.method` reads them.
     """
     if teacher is None:
         return None
-    with_stages = methods.get_method(config.method).reads_stages
-    if with_stages and config.teacher.fold_batch_norm:
+    method = methods.get_method(config.method)
+    with_stages = method.reads_stages
+    if method.teacher_in_train_mode:
+        if config.teacher.fold_batch_norm:
+            raise ConfigError(f"method {config.method!r} runs the teacher in training mode (BatchNorm on the batch's "
+                              "statistics, as the original), which folded BatchNorm cannot; set "
+                              "config.teacher.fold_batch_norm=False")
+        # The running statistics it would update are never read: the teacher is never evaluated.
+        apply = lambda variables, images: model_stages.apply_with_stages(teacher, variables, images, train=True,
+                                                                         mutable=["batch_stats"])[:2]
+    elif with_stages and config.teacher.fold_batch_norm:
         apply = functools.partial(folding.apply_folded_with_stages, teacher)
     elif with_stages:
         apply = lambda variables, images: model_stages.apply_with_stages(teacher, variables, images, train=False)[:2]
