@@ -36,4 +36,5 @@ def reference_arguments(description: str, out_help: str, seed_help: str,
 
 # This project's method names -> the original's `distiller_dict` keys.
 DISTILLERS = {"vanilla": "NONE", "cat_kd": "CAT_KD", "kd": "KD", "dkd": "DKD", "fitnet": "FITNET", "at": "AT",
-              "nst": "NST", "pkt": "PKT", "kdsvd": "KDSVD", "rkd": "RKD", "sp": "SP", "vid": "VID"}
+              "nst": "NST", "pkt": "PKT", "kdsvd": "KDSVD", "rkd": "RKD", "sp": "SP", "vid": "VID",
+              "ofd": "OFD", "reviewkd": "REVIEWKD", "crd": "CRD"}

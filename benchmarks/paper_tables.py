@@ -41,7 +41,8 @@ PAPER_TABLES = (REPO_ROOT.parent / "shared" / "reference" / "paper_tables.md", R
 # few, because a CPU runs the runs' vmapped convolutions (grouped ones) slowly: the tests' cost.
 TINY = {"data.source": "synthetic", "data.synthetic_train_size": 8, "data.synthetic_test_size": 8,
         "batch_size": 8, "eval_batch_size": 8, "num_epochs": 1, "student.arch": "resnet8", "teacher.arch": "resnet8",
-        "runs.vectorize": "vmap"}  # the many runs of a table share one traced step
+        "runs.vectorize": "vmap",  # the many runs of a table share one traced step
+        "data.augment": "crop_flip"}  # synthetic images refuse TrivialAugment (Table 4's strong teacher)
 
 BETAS = (10.0, 50.0, 100.0, 300.0, 600.0)
 
@@ -58,7 +59,9 @@ class Program:
     name: str  # its workdir under --workdir
     config_file: str  # under configs/
     changes: dict[str, Any]
-    teacher: Optional[str]  # the teacher's architecture, None for a student trained alone
+    # The teacher's name NAME, of configs/cifar100_teacher_<NAME>.py (in the paper's tables its
+    # architecture); None for a student trained alone.
+    teacher: Optional[str]
     cells: dict[Optional[float], tuple[tuple[str, str], ...]]
     sweep: str = ""  # config.runs.sweep
 
@@ -139,27 +142,31 @@ def _read_paper_tables() -> str:
     raise FileNotFoundError(f"the paper's tables are in neither {' nor '.join(map(str, PAPER_TABLES))}")
 
 
-def _config(config_file: str, changes: dict[str, Any], scale: str) -> Any:
+def scaled_config(config_file: str, changes: dict[str, Any], scale: str) -> Any:
+    """configs/`config_file` with `changes`, and at --scale tiny the `TINY` settings over them."""
     config = config_files.load_config(REPO_ROOT / "configs" / config_file)
     return config_files.with_values(config, {**changes, **(TINY if scale == "tiny" else {})})
 
 
-def _teacher(arch: str, args: argparse.Namespace) -> str:
-    """The checkpoint of teacher `arch`: given on the command line, or trained here once."""
-    if arch in args.teacher:
-        return args.teacher[arch]
-    workdir = args.workdir / "teachers" / arch
-    training.train_and_evaluate(_config(f"cifar100_teacher_{arch}.py", {}, args.scale), workdir)
+def teacher_checkpoint(name: str, args: argparse.Namespace) -> str:
+    """The checkpoint of teacher `name` (configs/cifar100_teacher_<name>.py): given on the
+    command line (--teacher NAME=CHECKPOINT), or trained here once into DIR/teachers/<name>."""
+    if name in args.teacher:
+        return args.teacher[name]
+    workdir = args.workdir / "teachers" / name
+    training.train_and_evaluate(scaled_config(f"cifar100_teacher_{name}.py", {}, args.scale), workdir)
     return str(workdir)
 
 
-def _run(program: Program, args: argparse.Namespace) -> dict[Optional[float], list[float]]:
-    """Trains `program` (or resumes it) and returns each swept value's best test accuracies."""
+def run_program(program: Program, args: argparse.Namespace) -> dict[Optional[float], list[float]]:
+    """Trains `program` into args.workdir/<name> (or resumes it) with args.seeds seeds and returns
+    each swept value's best test accuracies, one per seed."""
     changes = dict(program.changes, **{"runs.seeds": tuple(range(args.seeds)) if args.seeds > 1 else (), "seed": 0,
                                        "runs.sweep": program.sweep})
     if program.teacher is not None:
-        changes["teacher.checkpoint"] = _teacher(program.teacher, args)
-    summary = training.train_and_evaluate(_config(program.config_file, changes, args.scale), args.workdir / program.name)
+        changes["teacher.checkpoint"] = teacher_checkpoint(program.teacher, args)
+    summary = training.train_and_evaluate(scaled_config(program.config_file, changes, args.scale),
+                                          args.workdir / program.name)
     field = summary.get("field")
     rows = summary["runs"] if "runs" in summary else [summary]
     accuracies: dict[Optional[float], list[float]] = {}
@@ -174,7 +181,7 @@ def run(args: argparse.Namespace) -> str:
     title, paper = paper_numbers(_read_paper_tables(), number)
     ours: dict[tuple[str, str], dict[str, float]] = {}
     for program in programs:
-        for value, accuracies in _run(program, args).items():
+        for value, accuracies in run_program(program, args).items():
             for cell in program.cells[value]:
                 ours[cell] = runs.mean_and_std(accuracies)
     missing = sorted(set(ours) - set(paper))
@@ -195,11 +202,13 @@ def run(args: argparse.Namespace) -> str:
     return markdown
 
 
-def _teacher_checkpoint(text: str) -> tuple[str, str]:
-    arch, separator, path = text.partition("=")
-    if not separator or not arch or not path:
-        raise argparse.ArgumentTypeError(f"--teacher takes ARCH=CHECKPOINT, got {text!r}")
-    return arch, path
+def teacher_argument(text: str) -> tuple[str, str]:
+    """--teacher NAME=CHECKPOINT -> (NAME, CHECKPOINT)."""
+    name, separator, path = text.partition("=")
+    if not separator or not name or not path:
+        raise argparse.ArgumentTypeError(f"--teacher takes NAME=CHECKPOINT (configs/cifar100_teacher_<NAME>.py's "
+                                         f"checkpoint), got {text!r}")
+    return name, path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -207,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table", required=True, choices=sorted(TABLES))
     parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (0, 1, ...), trained as one program")
     parser.add_argument("--scale", default="full", choices=["full", "tiny"])
-    parser.add_argument("--teacher", type=_teacher_checkpoint, action="append", default=[],
+    parser.add_argument("--teacher", type=teacher_argument, action="append", default=[],
                         help="ARCH=CHECKPOINT of a teacher (repeatable); others are trained first")
     parser.add_argument("--workdir", type=pathlib.Path, default=None, help="default: runs/paper_tables/<TABLE>")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="default: <workdir>/table_<TABLE>.md")

@@ -6,16 +6,17 @@
 DIR holds the original CAT-KD code's `mdistiller` package (github.com/GzyAftermath/CAT-KD, e.g.
 `git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`); it is imported from there, not copied.
 For each method and pair of `PAIRS`, the script builds the original distiller as its
-`tools/train.py` does (plain networks, the toolbox's default `CFG`), fills the teacher, the
+`tools/train.py` does (plain networks, the toolbox's default `CFG`, with ReviewKD's lists
+fitted to the pair: `testing.reference_method_settings`), fills the teacher, the
 student and the distiller's own modules with `catkd_jax.testing.random_torch_state_dict`, and
-runs `forward_train` in training mode (teacher in eval mode, as `Distiller.train` leaves it) on
-`testing.reference_batch`, then the summed losses' backward, on the CPU in float32. Stored:
+runs `forward_train` in training mode (the teacher as the distiller's `train()` leaves it: in
+eval mode, OFD's in training mode) on `testing.reference_batch`, then the summed losses' backward, on the CPU in float32. Stored:
 - the state-dict rows of the three (the test fills the same weights), and the distiller's
   `get_extra_parameters()`;
 - each loss term;
 - each gradient, of the student's and of the method's parameters, as `testing.norm_and_projection`'s
   (norm, projection) per tensor, named by its PyTorch key;
-- for the methods with their own parameters (FitNet, VID), one step of the original trainer's
+- for the methods of `WHOLE_STEP` (those with their own parameters), one step of the original trainer's
   optimiser (SGD, lr 0.05, momentum 0.9, weight decay 5e-4, over `get_learnable_parameters`):
   the summaries of every parameter's change and of every BatchNorm's running statistics after it;
 - per loss term and summarised tensor, its distance from the same step at float64
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import unittest.mock
 
 import numpy as np
 import torch
@@ -39,18 +41,36 @@ from catkd_jax import testing
 PAIRS = {"resnet20_resnet8": ("resnet20", "resnet8"), "vgg8_resnet8": ("vgg8", "resnet8"),
          "wrn_16_2_resnet8": ("wrn_16_2", "resnet8")}
 # The feature methods, checked here (`original_code.DISTILLERS` names their distillers).
-METHODS = ("fitnet", "at", "nst", "pkt", "kdsvd", "rkd", "sp", "vid")
-WHOLE_STEP = ("fitnet", "vid")
+METHODS = ("fitnet", "at", "nst", "pkt", "kdsvd", "rkd", "sp", "vid", "ofd", "reviewkd", "crd")
+WHOLE_STEP = ("fitnet", "vid", "ofd", "reviewkd", "crd")
 # KDSVD decomposes stage pairs of equal widths only (the original's align_rsv fails on VGG's
 # smaller maps): its cross-family pair is a WideResNet teacher's. So is VID's: on VGG's 4x4 last
 # map, each gradient entry of its last regressor sums only 128 positions, and a ReLU input within
 # float32 rounding of 0 (there are two) makes any two float32 implementations differ by 1e-3.
-CROSS_FAMILY_PAIR = {"kdsvd": "wrn_16_2_resnet8", "vid": "wrn_16_2_resnet8"}
+# OFD's too: the original indexes its margins from the teacher's first stage and its features from
+# the last, which for VGG's four stages against ResNet's three pairs channels of different counts.
+CROSS_FAMILY_PAIR = {"kdsvd": "wrn_16_2_resnet8", "vid": "wrn_16_2_resnet8", "ofd": "wrn_16_2_resnet8"}
 
 
-def method_pairs(method: str) -> tuple[str, str]:
-    """The two pairs a method's parity is checked on: within a family, across families."""
-    return "resnet20_resnet8", CROSS_FAMILY_PAIR.get(method, "vgg8_resnet8")
+# ReviewKD's parity is checked across families only: there its ABFs resize maps up by 2 and 4 and
+# down by 2 (on the ResNet pair only up by 2 and 8, or not at all), and that pair alone fails on
+# each bug planted so far; the ResNet pair would add 5 s to the suite.
+ACROSS_FAMILIES_ONLY = ("reviewkd", "crd")  # CRD reads the pooled features alone
+
+
+# Config fields of `testing.reference_method_settings` whose CFG name is not their upper-cased name.
+ORIGINAL_NAMES = {"crd.student_dim": "CRD.FEAT.STUDENT_DIM", "crd.teacher_dim": "CRD.FEAT.TEACHER_DIM",
+                  "crd.num_negatives": "CRD.NCE.K"}
+# State-dict entries that are constants, not weights: kept at the distiller's values, not filled.
+ORIGINAL_CONSTANTS = ("contrast.params",)
+# The non-trainable state compared after a whole step: BatchNorm statistics, CRD's banks and constants.
+STATE_AFTER_STEP = ("running_mean", "running_var", "memory_v1", "memory_v2", "contrast.params")
+
+
+def method_pairs(method: str) -> tuple[str, ...]:
+    """The pairs a method's parity is checked on: within a family, across families."""
+    across = CROSS_FAMILY_PAIR.get(method, "vgg8_resnet8")
+    return (across,) if method in ACROSS_FAMILIES_ONLY else ("resnet20_resnet8", across)
 NUM_CLASSES = 100
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
@@ -91,12 +111,30 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     student = cifar_model_dict[student_arch][0](num_classes=NUM_CLASSES)
     rows = {"teacher": testing.state_dict_rows(teacher.state_dict()),
             "student": testing.state_dict_rows(student.state_dict())}
-    distiller = distiller_dict[original_code.DISTILLERS[method]](student, teacher, CFG.clone())
-    # Loaded after the distiller is built: FitNet's and VID's constructors run both networks once
-    # in training mode (`get_feat_shapes`), which moves their BatchNorm statistics.
+    # Loaded before the distiller is built, as a trained teacher is (OFD's constructor computes
+    # its margins from the teacher's weights), and again after: FitNet's and VID's constructors
+    # run both networks once in training mode (`get_feat_shapes`), which moves their statistics.
+    _load(teacher, rows["teacher"], testing.TEACHER_SEED)
+    cfg = CFG.clone()
+    for dotted, value in testing.reference_method_settings(method, teacher_arch, student_arch).items():
+        *sections, name = ORIGINAL_NAMES.get(dotted, dotted.upper()).split(".")  # REVIEWKD.SHAPES
+        node = cfg
+        for section in sections:
+            node = node[section]
+        node[name] = list(value) if isinstance(value, (tuple, list)) else value
+    # CRD's constructor takes the bank's size (the training set's); its AliasMethod moves itself to
+    # a GPU, which this CPU run has not (the trainer never draws from it: the loader gives the rows).
+    extra = (testing.CRD_NUM_DATA,) if method == "crd" else ()
+    with unittest.mock.patch("mdistiller.distillers.CRD.AliasMethod.cuda", lambda self: self):
+        distiller = distiller_dict[original_code.DISTILLERS[method]](student, teacher, cfg, *extra)
     _load(teacher, rows["teacher"], testing.TEACHER_SEED)
     _load(student, rows["student"], testing.STUDENT_SEED)
-    rows["method"] = testing.state_dict_rows(_module_state(distiller))
+    module_state = _module_state(distiller)
+    # Constants of the original's state that a random fill would break (CRD's K, T, Z and momentum)
+    # keep the distiller's values; the test reads them from the references.
+    constants = {name: value.clone() for name, value in module_state.items() if name in ORIGINAL_CONSTANTS}
+    rows["method"] = testing.state_dict_rows({name: value for name, value in module_state.items()
+                                              if name not in constants})
     _load(distiller, rows["method"], testing.METHOD_SEED)
     distiller.to(dtype).train()
 
@@ -107,11 +145,17 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=LR, momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
     optimizer.zero_grad()
-    _, losses = distiller(image=image, target=target, epoch=1)
+    inputs = {}
+    if method == "crd":  # what the CRDTrainer passes from its "sample" loader
+        index, contrast_index = testing.reference_contrast_indices(len(labels))
+        inputs = {"index": torch.from_numpy(index.astype(np.int64)),
+                  "contrastive_index": torch.from_numpy(contrast_index.astype(np.int64))}
+    _, losses = distiller(image=image, target=target, epoch=1, **inputs)
     loss = sum(value.mean() for value in losses.values())
     loss.backward()
 
     result = {"rows": np.asarray(json.dumps(rows)), "networks": np.asarray([teacher_arch, student_arch]),
+              "constants": np.asarray(json.dumps({name: value.tolist() for name, value in constants.items()})),
               "term_names": np.asarray(list(losses)),
               "extra_parameters": np.asarray(distiller.get_extra_parameters()),
               "terms": np.asarray([float(value.detach().mean()) for value in losses.values()], np.float64)}
@@ -129,7 +173,7 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
         optimizer.step()
         changes = {name: (parameter.detach() - before[name]).numpy() for name, parameter in parameters.items()}
         statistics = {name: value.numpy().copy() for name, value in distiller.state_dict().items()
-                      if name.endswith(("running_mean", "running_var")) and not name.startswith("teacher.")}
+                      if name.endswith(STATE_AFTER_STEP) and not name.startswith("teacher.")}
         _store(result, raw, "step_changes", changes)
         _store(result, raw, "step_statistics", statistics)
     return result, raw

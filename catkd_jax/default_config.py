@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     # data source with object boxes: 'shapes'); see catkd_jax/quickstart.py.
     config.pipeline = "single"
     # 'vanilla' (cross-entropy only), 'cat_kd', 'kd' (Hinton), 'dkd' (decoupled KD), or a feature
-    # method of the mdistiller toolbox: 'fitnet', 'at', 'nst', 'pkt', 'kdsvd', 'rkd', 'sp', 'vid'.
+    # method of the mdistiller toolbox: 'fitnet', 'at', 'nst', 'pkt', 'kdsvd', 'rkd', 'sp', 'vid',
+    # 'ofd', 'reviewkd', 'crd'.
     config.method = "cat_kd"
 
     config.student = ml_collections.ConfigDict()
@@ -122,6 +123,35 @@ def get_config() -> ml_collections.ConfigDict:
     config.vid.input_size = (32, 32)  # INPUT_SIZE: the regressors are built for feats at this size
     config.vid.ce_weight = 1.0
     config.vid.feat_weight = 1.0
+    # ReviewKD (Chen et al. 2021) [REVIEWKD]: ce_weight * CE + reviewkd_weight * min(epoch /
+    # warmup_epochs, 1) * HCL. The lists are the original's, per ABF, in its orders
+    # (catkd_jax/methods/review.py); they must fit the networks. These defaults are the original
+    # CAT-KD code's, which fit resnet32x4 -> ShuffleV1 (mdistiller's own fit resnet32x4 ->
+    # resnet8x4: configs/cifar100_reviewkd_res32x4_res8x4.py). Its MAX_MID_CHANNEL is never read
+    # by its distiller (mid channels are min(512, in_channels[-1])), so it is no setting here.
+    config.reviewkd = ml_collections.ConfigDict()
+    config.reviewkd.shapes = (1, 4, 8, 16)  # SHAPES: the student features' sizes, deepest first
+    config.reviewkd.out_shapes = (1, 8, 16, 32)  # OUT_SHAPES: the teacher features' sizes, deepest first
+    config.reviewkd.in_channels = (240, 480, 960, 960)  # IN_CHANNELS: the student's, shallowest first
+    config.reviewkd.out_channels = (64, 128, 256, 256)  # OUT_CHANNELS: the teacher's, shallowest first
+    config.reviewkd.stu_preact = False  # STU_PREACT: read the student's preact_feats, not its feats
+    config.reviewkd.warmup_epochs = 20  # WARMUP_EPOCHS
+    config.reviewkd.ce_weight = 1.0  # CE_WEIGHT
+    config.reviewkd.reviewkd_weight = 1.0  # REVIEWKD_WEIGHT
+    config.ofd = ml_collections.ConfigDict()  # overhaul of feature distillation (Heo et al. 2019) [OFD]
+    config.ofd.connector_kernel_size = 1  # CONNECTOR.KERNEL_SIZE
+    config.ofd.ce_weight = 1.0
+    config.ofd.feat_weight = 0.001
+    config.crd = ml_collections.ConfigDict()  # contrastive representation distillation (Tian et al. 2020) [CRD]
+    config.crd.mode = "exact"  # MODE: the positive is the example itself ('exact') or one of its class ('relax')
+    config.crd.feat_dim = 128  # FEAT.DIM: the embeddings' width
+    config.crd.student_dim = 960  # FEAT.STUDENT_DIM: must be the student's pooled_feat width
+    config.crd.teacher_dim = 256  # FEAT.TEACHER_DIM: must be the teacher's pooled_feat width
+    config.crd.num_negatives = 16384  # NCE.K: negatives per example, from other classes
+    config.crd.momentum = 0.5  # NCE.MOMENTUM: of the memory banks' rows
+    config.crd.temperature = 0.07  # NCE.TEMPERATURE
+    config.crd.ce_weight = 1.0
+    config.crd.feat_weight = 0.8
 
     # SGD with momentum; weight decay is L2 added to the gradient before momentum, on every
     # student parameter, like torch.optim.SGD. The learning rate is constant within an epoch

@@ -1,8 +1,9 @@
 """Pure losses of the feature-distillation baselines of the mdistiller toolbox, with its semantics.
 
-FitNet, AT, NST, PKT, KDSVD, RKD, SP and VID, as the original CAT-KD code (which ships
+FitNet, AT, NST, PKT, KDSVD, RKD, SP, VID and OFD, as the original CAT-KD code (which ships
 mdistiller) computes them, quirks included, values and gradients. Where the original applies a
-learned module (FitNet's regressor, VID's regressors), the function takes that module's output.
+learned module (FitNet's regressor, VID's regressors, OFD's connectors), the function takes that
+module's output.
 
 Layout is NHWC: stage features `[N, H, W, C]`, pooled embeddings `[N, C]`. The original is NCHW;
 where its reshapes depend on that order (KDSVD), the functions reorder explicitly. Everything
@@ -403,3 +404,116 @@ def vid_loss(pred_mean: jax.Array, teacher_feat: jax.Array, log_scale: jax.Array
     variance = jnp.log(1.0 + jnp.exp(log_scale)) + eps  # literal, not softplus: same overflow
     squared_error = jnp.square(_f32(pred_mean) - _teacher(teacher_feat))
     return jnp.mean(0.5 * (squared_error / variance + jnp.log(variance)))
+
+
+def ofd_margins(scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """OFD's margin of each channel of a teacher BatchNorm before a ReLU: the expected value of
+    its pre-activation where negative, the BatchNorm's output taken as Gaussian with mean `bias`
+    and standard deviation `|scale|`: `m - s * pdf(m/s) / cdf(-m/s)`, or `-3 s` where
+    `cdf(-m/s) <= 0.001`.
+
+    Computed on the host in float64 as the original does (`scipy.stats.norm`), then float32.
+
+    Args:
+      scale: `[K]`, the BatchNorm's weight.
+      bias: `[K]`, its bias.
+    Returns:
+      `[K]` float32.
+    """
+    from scipy.stats import norm  # pylint: disable=import-outside-toplevel  # scipy comes with jax
+
+    std, mean = np.abs(np.asarray(scale, np.float64)), np.asarray(bias, np.float64)
+    if np.any(std == 0):
+        raise ValueError("a BatchNorm weight is 0: OFD's margin divides by it (the original fails too)")
+    tail = norm.cdf(-mean / std)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the -3 s branch where tail is ~0
+        expected = -std * np.exp(-((mean / std) ** 2) / 2) / np.sqrt(2 * np.pi) / tail + mean
+    return np.where(tail > 0.001, expected, -3 * std).astype(np.float32)
+
+
+def ofd_loss(student_feats: Sequence[jax.Array], teacher_feats: Sequence[jax.Array],
+             margins: Sequence[jax.Array]) -> jax.Array:
+    """OFD's partial L2 distance, summed over stages, stage i of n weighted `1 / 2**(n - 1 - i)`.
+
+    Per entry, with teacher value t (the teacher's map adaptive-average-pooled to the student's
+    size) and the channel's margin m: `(s - m)^2` where `s > m >= t`, `(s - t)^2` where
+    `s > t > m` and `t <= 0`, `(s - t)^2` where `t > 0`, else 0; averaged over the batch and
+    summed over positions and channels.
+
+    Args:
+      student_feats: `[N, h_i, w_i, K_i]` per stage, the connectors' outputs.
+      teacher_feats: `[N, H_i, W_i, K_i]`, the teacher's `preact_feats` (before their ReLU).
+      margins: `[K_i]` per stage (`ofd_margins`).
+    Returns:
+      scalar float32.
+    """
+    _check_stages(student_feats, teacher_feats)
+    total = jnp.float32(0.0)
+    count = len(student_feats)
+    for index, (source, target, margin) in enumerate(zip(student_feats, teacher_feats, margins)):
+        source = _f32(source)
+        if source.shape[1] != source.shape[2]:
+            raise ValueError(f"stage {index}: OFD pools the teacher's map to the student's square size, "
+                             f"got {source.shape[1]}x{source.shape[2]}")
+        target = _teacher(adaptive_avg_pool(target, source.shape[1]))
+        margin = jax.lax.stop_gradient(_f32(margin))
+        loss = (jnp.square(source - margin) * ((source > margin) & (target <= margin))
+                + jnp.square(source - target) * ((source > target) & (target > margin) & (target <= 0))
+                + jnp.square(source - target) * (target > 0))
+        total = total + jnp.sum(jnp.mean(jnp.abs(loss), axis=0)) / 2 ** (count - index - 1)
+    return total
+
+
+def crd_scores(memory: jax.Array, contrast_index: jax.Array, embedding: jax.Array, temperature: float) -> jax.Array:
+    """CRD's unnormalised scores: `exp(<memory[j], embedding> / temperature)` for each example's
+    contrastive rows j (its positive first, then its negatives); the memory gets no gradient.
+
+    Args:
+      memory: `[M, D]`, a memory bank (the other network's embeddings).
+      contrast_index: `[B, 1 + K]` int rows of `memory`.
+      embedding: `[B, D]`, this network's l2-normalised embeddings.
+      temperature: T.
+    Returns:
+      `[B, 1 + K]` float32.
+    """
+    rows = jax.lax.stop_gradient(_f32(memory))[contrast_index]
+    logits = jnp.einsum("bkd,bd->bk", rows, _f32(embedding), precision=_HIGHEST)
+    return jnp.exp(logits / jnp.float32(temperature))
+
+
+def crd_normalizer(normalizer: jax.Array, scores: jax.Array, num_data: int) -> jax.Array:
+    """CRD's partition constant Z: `normalizer` once set (>= 0), else, on the first step, the
+    mean score times the bank's size `num_data`, as the original's `ContrastMemory` sets it. No
+    gradient flows through it (the original takes it with `.item()`)."""
+    first = jnp.mean(jax.lax.stop_gradient(scores)) * jnp.float32(num_data)
+    return jnp.where(normalizer < 0, first, normalizer)
+
+
+def crd_nce_loss(probabilities: jax.Array, num_data: int) -> jax.Array:
+    """CRD's NCE loss (the original's `ContrastLoss`) of `[B, 1 + K]` normalised scores, the
+    positive first: `-(sum log D1 + sum log D0) / B` with noise probability `K / num_data`,
+    `D1 = P / (P + K / num_data + 1e-7)` of the positives and `D0 = (K / num_data) / (P + K /
+    num_data + 1e-7)` of the negatives."""
+    batch, negatives = probabilities.shape[0], probabilities.shape[1] - 1
+    noise = negatives * (1 / float(num_data))  # the original's Python-float constants
+    positive, negative = probabilities[:, 0], probabilities[:, 1:]
+    log_d1 = jnp.log(positive / (positive + np.float32(noise + 1e-7)))
+    log_d0 = jnp.log(np.float32(noise) / (negative + np.float32(noise + 1e-7)))
+    return -(jnp.sum(log_d1) + jnp.sum(log_d0)) / batch
+
+
+def crd_memory_update(memory: jax.Array, index: jax.Array, embedding: jax.Array, momentum: float) -> jax.Array:
+    """The bank after a step: rows `index` become `momentum * row + (1 - momentum) * embedding`,
+    l2-normalised (the original's `ContrastMemory` update; no gradient).
+
+    Args:
+      memory: `[M, D]`.
+      index: `[B]` distinct rows, the batch's examples.
+      embedding: `[B, D]`.
+    Returns:
+      `[M, D]` float32.
+    """
+    memory = _f32(memory)
+    rows = memory[index] * np.float32(momentum) + jax.lax.stop_gradient(_f32(embedding)) * np.float32(1 - momentum)
+    rows = rows / jnp.sqrt(jnp.sum(jnp.square(rows), axis=1, keepdims=True))
+    return memory.at[index].set(rows)

@@ -10,7 +10,7 @@ Drawn from numpy only, so both sides get the same values on any machine.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -30,7 +30,8 @@ def random_torch_state_dict(rows: Iterable[Row], seed: int) -> dict[str, np.ndar
     Entry `index` is drawn from `np.random.default_rng([seed, index])`: conv/linear weights
     (`weight` of 2 or more dimensions) N(0, sqrt(2 / fan_in)), fan_in = the product of all but the
     first dimension; BatchNorm weights (1-dimensional `weight`) U(0.5, 1.5); biases N(0, 0.1);
-    `running_mean` N(0, 0.1); `running_var` U(0.5, 1.5); `num_batches_tracked` 0 (int64).
+    `running_mean` N(0, 0.1); `running_var` U(0.5, 1.5); `num_batches_tracked` 0 (int64); CRD's
+    memory banks `memory_*` `[M, D]` U(+-1 / sqrt(D / 3)).
     """
     state: dict[str, np.ndarray] = {}
     for index, (name, shape, dtype) in enumerate(rows):
@@ -45,6 +46,9 @@ def random_torch_state_dict(rows: Iterable[Row], seed: int) -> dict[str, np.ndar
             value = rng.uniform(0.5, 1.5, shape)
         elif leaf in ("bias", "running_mean"):
             value = rng.normal(0.0, 0.1, shape)
+        elif leaf.startswith("memory_"):  # CRD's banks, as the original initialises them
+            bound = 1.0 / math.sqrt(shape[1] / 3)
+            value = rng.uniform(-bound, bound, shape)
         else:
             raise ValueError(f"{name}: no rule for a state-dict entry named {leaf!r}")
         state[name] = value.astype(np.dtype(dtype))
@@ -110,3 +114,39 @@ def norm_and_projection(array: np.ndarray, index: int) -> np.ndarray:
     values = np.asarray(array, np.float64).ravel()
     direction = np.random.default_rng([5, index]).standard_normal(values.size)
     return np.asarray([np.linalg.norm(values), values @ direction])
+
+
+def reference_method_settings(method: str, teacher_arch: str, student_arch: str) -> dict[str, Any]:
+    """The config fields (dotted, `{"reviewkd.shapes": ...}`) that the distiller parity references
+    set for a method and pair beyond the defaults: ReviewKD's lists, which the original reads
+    from its config and which must fit the networks (`methods.review.fitting_settings` at the
+    references' 32x32 images), and CRD's embedding inputs and number of negatives; none for
+    the other methods. The original's CFG names are these
+    upper-cased (REVIEWKD.SHAPES)."""
+    if method not in ("reviewkd", "crd"):
+        return {}
+    from catkd_jax import default_config  # pylint: disable=import-outside-toplevel
+    from catkd_jax.methods import base, review  # pylint: disable=import-outside-toplevel
+    from catkd_jax.models import create_model  # pylint: disable=import-outside-toplevel
+
+    student, teacher = (base.stage_shapes(create_model(arch, 100), (32, 32, 3))
+                        for arch in (student_arch, teacher_arch))
+    if method == "crd":  # the embeddings' inputs, and few negatives (a bank of CRD_NUM_DATA rows)
+        return {"crd.student_dim": student.pooled_feat.shape[-1], "crd.teacher_dim": teacher.pooled_feat.shape[-1],
+                "crd.num_negatives": CRD_NUM_NEGATIVES}
+    fitted = review.fitting_settings(student, teacher, default_config.get_config().reviewkd)
+    return {f"reviewkd.{name}": value for name, value in fitted.items()}
+
+
+# CRD's references: a memory bank of this many rows, and this many negatives per example.
+CRD_NUM_DATA, CRD_NUM_NEGATIVES = 40, 16
+
+
+def reference_contrast_indices(batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """CRD's inputs beside `reference_batch`: the examples' distinct bank rows "index" `[N]` and
+    their "contrast_index" `[N, 1 + CRD_NUM_NEGATIVES]` (the row itself, then uniform rows),
+    int32, of a bank of `CRD_NUM_DATA` rows."""
+    rng = np.random.default_rng([BATCH_SEED, 2])
+    index = rng.permutation(CRD_NUM_DATA)[:batch_size]
+    negatives = rng.integers(0, CRD_NUM_DATA, (batch_size, CRD_NUM_NEGATIVES))
+    return index.astype(np.int32), np.concatenate([index[:, None], negatives], axis=1).astype(np.int32)

@@ -41,6 +41,7 @@ MINIMUMS: dict[str, int] = {
     "cat_kd.num_cams": 0,
     "dkd.warmup_epochs": 0,
     "kdsvd.k": 1,
+    "reviewkd.warmup_epochs": 1,
     "optim.lr_batch_size": 0,
     "teacher.num_epochs": 0,
     "checkpoint.every_epochs": 1,
@@ -55,6 +56,10 @@ INTEGER_SEQUENCES: dict[str, tuple[int, str]] = {
     "probe.decay_epochs": (1, "(10,20,30)"),
     "fitnet.input_size": (1, "(32,32)"),
     "vid.input_size": (1, "(32,32)"),
+    "reviewkd.shapes": (1, "(1,8,16,32)"),
+    "reviewkd.out_shapes": (1, "(1,8,16,32)"),
+    "reviewkd.in_channels": (1, "(64,128,256,256)"),
+    "reviewkd.out_channels": (1, "(64,128,256,256)"),
 }
 
 

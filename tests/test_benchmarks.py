@@ -269,7 +269,7 @@ def test_every_paper_table_names_loadable_configs_teachers_and_the_papers_cells(
         assert cells <= set(paper), (table, sorted(cells - set(paper)))
         assert len(cells) == (6 if table in ("A4", "A5") else len(paper)), table  # A.4/A.5: half each
         for program in programs:
-            config = script._config(program.config_file, dict(program.changes, **{"runs.sweep": program.sweep}), "full")
+            config = script.scaled_config(program.config_file, dict(program.changes, **{"runs.sweep": program.sweep}), "full")
             plan = runs.plan_runs(config)  # a sweep that parses, over values the cells name
             assert set(program.cells) == set(plan.values() if plan.field else [None]), (table, program.name)
             if program.teacher is not None:
@@ -283,4 +283,103 @@ def test_benchmark_outputs_go_under_runs_which_git_ignores(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     assert _script("paper_tables").parse_args(["--table=A1"]).workdir == pathlib.Path("runs/paper_tables/A1")
     assert _script("device_suite").parse_args([]).out == pathlib.Path("runs/device_suite.json")
+    assert _script("method_table").parse_args(["--table=4"]).workdir == pathlib.Path("runs/method_table")
     assert "runs/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_method_table_at_tiny_scale_prints_each_cell_from_its_runs_summary(tmp_path, monkeypatch, capsys, teacher_dir):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("method_table")
+    # Ten classes, not a hundred: eight test images then score accuracies that differ by seed;
+    # and the tests' tiny CIFAR-10 teacher serves as both teachers.
+    monkeypatch.setitem(script.paper_tables.TINY, "data.name", "cifar10")
+    args = script.parse_args(["--pairs", "res32x4_res8x4", "res32x4_res8x4_strong", "--methods", "vanilla", "kd",
+                              "--seeds=2", "--scale=tiny", f"--workdir={tmp_path}", f"--teacher=resnet32x4={teacher_dir}",
+                              f"--teacher=resnet32x4_trivial_augment={teacher_dir}"])
+    markdown = script.run(args)
+    assert (tmp_path / "method_table.md").read_text() == markdown
+    assert capsys.readouterr().err.endswith(f"Wrote {tmp_path / 'method_table.md'} (the runs: {tmp_path})\n")
+    split = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]
+    lines = [split(line) for line in markdown.splitlines() if line.startswith("|")]
+    assert lines[0] == ["Teacher <br> Student", "ResNet32x4 <br> ResNet8x4",
+                        "ResNet32x4 (strong, TrivialAugment) <br> ResNet8x4"]
+    assert [line[0] for line in lines[2:]] == ["Student (vanilla)", "KD"]
+    (vanilla, vanilla_strong), (kd, kd_strong) = (line[1:] for line in lines[2:])
+
+    def ours(program: str) -> str:
+        """The mean and sample std, over its two seeds, of the best accuracies the program recorded."""
+        summary = json.loads((tmp_path / program / "summary.json").read_text())
+        assert [run["seed"] for run in summary["runs"]] == [0, 1]
+        best = [run["best_test_acc"] for run in summary["runs"]]
+        return f"{sum(best) / 2:.2f} ± {abs(best[0] - best[1]) / 2 ** 0.5:.2f}"
+
+    # Published: RepDistiller's student alone (72.50), mdistiller's KD (73.33); none for the
+    # strong teacher. The student alone is one program for both columns.
+    assert (vanilla, vanilla_strong) == (f"{ours('vanilla_resnet8x4')} (72.50)", ours("vanilla_resnet8x4"))
+    assert (kd, kd_strong) == (f"{ours('kd_res32x4_res8x4')} (73.33)", ours("kd_res32x4_res8x4_strong"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "kd_res32x4_res8x4", "kd_res32x4_res8x4_strong", "method_table.md", "vanilla_resnet8x4"]
+
+
+def test_method_table_full_scale_plan_loads_every_cell_with_a_config(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("method_table")
+    configs = 0
+    for method in script.METHODS:
+        for pair_name, pair in script.PAIRS.items():
+            cell = script.cell(method, pair_name)
+            if cell.config_file is None:
+                continue
+            configs += 1
+            config = script.paper_tables.scaled_config(cell.config_file, {**cell.changes, "runs.seeds": (0, 1, 2)}, "full")
+            assert (config.method, config.student.arch) == (method, pair.student_arch), (method, pair_name)
+            assert len(runs.plan_runs(config).runs) == 3
+            teacher = script.teacher_name(config)
+            if method == "vanilla":
+                assert teacher is None
+            else:
+                assert (REPO_ROOT / "configs" / f"cifar100_teacher_{teacher}.py").is_file(), (method, pair_name)
+                assert (teacher == "resnet32x4_trivial_augment") == (pair_name == "res32x4_res8x4_strong")
+    assert configs >= 40
+    # Table 4's CAT-KD cell is the repository's strong-teacher config.
+    strong = script.cell("cat_kd", "res32x4_res8x4_strong")
+    assert script.paper_tables.scaled_config(strong.config_file, strong.changes, "full").to_dict() == \
+        script.paper_tables.scaled_config("cifar100_res32x4_res8x4_strong_teacher.py", {}, "full").to_dict()
+    cells, programs = script.plan(["vanilla", "dkd", "cat_kd"], ["res32x4_shuv1", "wrn40_2_shuv1"])
+    assert len(cells) == 6 and [p.name for p in programs][0] == "vanilla_ShuffleV1"  # one student alone for both
+    assert programs[0].cells[None] == (("vanilla", "res32x4_shuv1"), ("vanilla", "wrn40_2_shuv1"))
+    with pytest.raises(script.ConfigError, match="method kd has no config for any pair asked"):
+        script.plan(["kd", "dkd"], ["vgg13_mv2"])
+    # A cell without a config: "no config" in the plan and in the table, beside the published number.
+    args = script.parse_args(["--pairs", "res32x4_res8x4", "vgg13_mv2", "--methods", "kd", "dkd", "--dry-run",
+                              f"--workdir={REPO_ROOT / 'runs' / 'not_made'}"])
+    plan = script.run(args)
+    assert "kd x vgg13_mv2: no config\n" in plan and "3 programs of 3 seeds" in plan
+    assert "teacher vgg13: trained from configs/cifar100_teacher_vgg13.py" in plan
+    assert not (REPO_ROOT / "runs" / "not_made").exists()
+    cells, _ = script.plan(args.methods, args.pairs)
+    ours = {(c.method, c.pair): {"mean": 70.0 + index, "std": 0.25} for index, c in enumerate(cells) if c.config_file}
+    assert script.table(cells, ours, args).splitlines()[-2:] == [
+        "| KD | 70.00 ± 0.25 (73.33) | no config (67.37) |", "| DKD | 72.00 ± 0.25 (76.32) | 73.00 ± 0.25 (69.71) |"]
+    table_4 = script.parse_args(["--table=4"])
+    reviewkd = (REPO_ROOT / "configs" / "cifar100_reviewkd_res32x4_res8x4.py").is_file()
+    assert table_4.methods == ["cat_kd", "dkd"] + ["reviewkd"] * reviewkd and not table_4.probe
+    assert script.parse_args(["--table=9"]).probe
+
+
+def test_published_results_doc_is_written_from_the_json_and_cat_kd_rows_are_the_papers(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    script = _script("method_table")
+    tables = script.read_published()
+    assert (REPO_ROOT / "docs" / "published_results.md").read_text() == script.published_doc(tables)
+    _, paper = script.paper_tables.paper_numbers(script.paper_tables._read_paper_tables(), "A.4")
+    rows = {"res110_res32": "ResNet110 → ResNet32", "wrn40_2_wrn16_2": "WRN-40-2 → WRN-16-2",
+            "res32x4_res8x4": "ResNet32x4 → ResNet8x4", "res50_mv2": "ResNet50 → MobileNetV2",
+            "wrn40_2_shuv1": "WRN-40-2 → ShuffleNetV1", "res32x4_shuv1": "ResNet32x4 → ShuffleNetV1"}
+    for pair, row in rows.items():  # the appendix's column of the setting the pair's config uses
+        normalize = script.paper_tables.scaled_config(f"cifar100_{pair}.py", {}, "full").cat_kd.normalize
+        column = "normalised" if normalize else "not normalised"
+        assert script.published_number(tables, "cat_kd", pair) == paper[(row, column)], pair
+    # Sources agree where they overlap: mdistiller's and RepDistiller's KD.
+    assert script.published_number(tables[3:], "kd", "res32x4_res8x4") == script.published_number(tables, "kd",
+                                                                                                  "res32x4_res8x4")

@@ -13,7 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from catkd_jax import methods
-from catkd_jax.models import canonical_name
+from catkd_jax.methods import base, review
+from catkd_jax.models import canonical_name, create_model
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -148,6 +149,32 @@ def test_imagenet_dkd_configs_match_the_originals(stem, beta):
             config.dkd.warmup_epochs) == (1.0, 1.0, beta, 1.0, 1)
     assert (config.optim.lr, config.batch_size, config.num_epochs) == (pytest.approx(0.2), 512, 100)
     assert tuple(config.optim.decay_epochs) == (30, 60, 90) and config.optim.weight_decay == pytest.approx(1e-4)
+
+
+# (stem, lr, batch, REVIEWKD_WEIGHT, WARMUP_EPOCHS, STU_PREACT): the ReviewKD table of original_settings.md.
+REVIEWKD_CONFIGS = [("cifar100_reviewkd_res32x4_res8x4", 0.05, 64, 5.0, 20, False),
+                    ("cifar100_reviewkd_res32x4_shuv1", 0.01, 64, 1.0, 20, False),
+                    ("imagenet_reviewkd_res34_res18", 0.1, 256, 1.0, 1, True),
+                    ("imagenet_reviewkd_res50_mobilenet", 0.1, 256, 8.0, 1, True)]
+
+
+@pytest.mark.parametrize("stem, lr, batch_size, weight, warmup_epochs, preact", REVIEWKD_CONFIGS,
+                         ids=[case[0] for case in REVIEWKD_CONFIGS])
+def test_reviewkd_configs_match_the_originals_and_fit_their_networks(stem, lr, batch_size, weight, warmup_epochs,
+                                                                     preact):
+    """The original reads ReviewKD's lists from its config; each config's fit its networks at its
+    image size (which also holds them to the original's: no other lists fit)."""
+    config = _load(CONFIG_DIR / f"{stem}.py")
+    settings = config.reviewkd
+    assert config.method == "reviewkd" and config.student.classifier_bias is True
+    assert (config.optim.lr, config.batch_size, settings.ce_weight, settings.reviewkd_weight, settings.warmup_epochs,
+            settings.stu_preact) == (pytest.approx(lr), batch_size, 1.0, weight, warmup_epochs, preact)
+    assert config.optim.lr_batch_size in (0, batch_size)  # the original's lr at the original's batch
+    size = config.data.image_size or 32
+    student, teacher = (base.stage_shapes(create_model(arch, 100), (size, size, 3))
+                        for arch in (config.student.arch, config.teacher.arch))
+    fitted = review.fitting_settings(student, teacher, settings)
+    assert settings.shapes[0] == 1 and fitted == {name: tuple(settings[name]) for name in fitted}
 
 
 # ml_collections loads config files with the deprecated `SourceFileLoader.load_module`.

@@ -1142,3 +1142,44 @@ def test_tensorflows_start_up_lines_show_once():
     texts = [line.split("] ", 1)[-1] for line in result.stderr.splitlines()]
     assert len(texts) == len(set(texts)), result.stderr
     assert sum("oneDNN" in text for text in texts) <= 1
+
+
+def _contrastive_source(index: int = 0, count: int = 1) -> DataSource:
+    """60 synthetic CIFAR-10 examples of which classes 0-5 are kept (a reduced set: bank rows are
+    positions in it, not data-set indices), batches of 8."""
+    config = _config(batch_size=8, data_name="cifar10", data_synthetic_train_size=60, data_reserved_classes=6)
+    return create_source(config, process_index=index, process_count=count)
+
+
+def test_contrastive_batches_draw_other_class_negatives_reproducibly_per_example():
+    whole = _contrastive_source()
+    labels = np.concatenate([batch["label"][batch["mask"]] for batch in whole.train_eval_batches()])  # by position
+    assert len(labels) == whole.num_train < 60
+    batches = list(whole.contrastive_train_batches(1, num_negatives=600))
+    index = _stack(batches, "index")
+    assert sorted(index) == list(range(whole.num_train)), "each example's bank row once an epoch"
+    for batch in batches:
+        contrast = batch["contrast_index"]
+        assert contrast.shape == (len(batch["label"]), 601) and contrast.dtype == np.int32
+        np.testing.assert_array_equal(labels[batch["index"]], batch["label"])
+        np.testing.assert_array_equal(contrast[:, 0], batch["index"])  # 'exact': the example itself
+        assert not np.any(labels[contrast[:, 1:]] == batch["label"][:, None]), "negatives are of other classes"
+    # Uniform over the other classes' examples: each one's count in a row within 6 standard
+    # deviations of the mean (600 draws over ~30 examples: 20 +- 4.4).
+    for batch in batches:
+        for label, row in zip(batch["label"], batch["contrast_index"][:, 1:]):
+            others = labels != label
+            counts, mean = np.bincount(row, minlength=len(labels))[others], 600 / np.sum(others)
+            assert np.all(np.abs(counts - mean) < 6 * np.sqrt(mean)), counts
+
+    # Per (seed, epoch, example): any process count and a resumed epoch give the same draws.
+    halves = zip(*(_contrastive_source(k, 2).contrastive_train_batches(1, num_negatives=600) for k in (0, 1)))
+    for full, (a, b) in zip(batches, halves, strict=True):
+        for key in ("index", "contrast_index"):
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), full[key])
+    for full, resumed in zip(batches[2:], whole.contrastive_train_batches(1, 2, num_negatives=600), strict=True):
+        np.testing.assert_array_equal(resumed["contrast_index"], full["contrast_index"])
+    assert not np.array_equal(next(whole.contrastive_train_batches(2, num_negatives=600))["contrast_index"][:, 1:],
+                              batches[0]["contrast_index"][:, 1:])
+    relaxed = next(whole.contrastive_train_batches(1, num_negatives=4, mode="relax"))
+    np.testing.assert_array_equal(labels[relaxed["contrast_index"][:, 0]], relaxed["label"])  # one of its class

@@ -14,6 +14,7 @@ compared with rtol only.
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Callable
 
@@ -116,3 +117,45 @@ def test_vid_log_scale_gets_no_gradient():
     gradient = jax.jit(jax.grad(lambda scale: feature_losses.vid_loss(pred, 2 * pred, scale)))(jnp.zeros(3))
     assert not np.any(gradient)
 
+
+
+def test_ofd_margins_are_the_originals_per_channel_arithmetic():
+    """The original's loop over channels in Python floats (scipy's normal CDF), both branches: the
+    Gaussian's expected negative part, and -3 std where the negative tail is below 0.001."""
+    from scipy.stats import norm
+
+    scale = np.asarray([1.0, -0.5, 2.0, 0.3, 1e-3, 0.7], np.float32)
+    bias = np.asarray([0.0, 0.2, -1.5, 1.5, 0.1, 2.1], np.float32)  # bias/|scale| 0, .4, -.75, 5, 100, 3
+    expected = []
+    for s, m in zip(scale, bias):
+        s, m = abs(float(s)), float(m)
+        tail = norm.cdf(-m / s)
+        expected.append(-s * math.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi) / tail + m if tail > 0.001
+                        else -3 * s)
+    got = feature_losses.ofd_margins(scale, bias)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.asarray(expected, np.float32))
+    assert got[3] == np.float32(-3 * float(scale[3])) and got[4] == np.float32(-3 * float(scale[4]))  # -3 std
+
+
+def test_ofd_connector_weights_are_normal_with_the_originals_std():
+    """`normal_(0, sqrt(2 / (k * k * out)))`: the sample std within 6 standard errors, normal-shaped."""
+    from catkd_jax.methods.modules import OFDConnector
+
+    for kernel_size, features in ((1, 256), (3, 64)):
+        variables = OFDConnector(features, kernel_size).init(jax.random.key(0), jnp.zeros((1, 4, 4, 128)))
+        kernel = np.asarray(variables["params"]["0"]["kernel"], np.float64)
+        assert kernel.shape == (kernel_size, kernel_size, 128, features)
+        std = math.sqrt(2.0 / (kernel_size * kernel_size * features))
+        assert abs(kernel.std() / std - 1) < 6 / math.sqrt(2 * kernel.size)
+        assert abs(kernel.mean()) < 6 * std / math.sqrt(kernel.size)
+        assert np.abs(kernel).max() / std > 3.5  # normal, not uniform (max |x| / std = sqrt(3))
+
+
+def test_crd_normalizer_is_set_by_the_first_step_and_then_kept():
+    """Z (the original's `params[2:4]`): -1 until the first step sets it to the mean score times the
+    bank's size; from then on the value set, whatever the scores."""
+    scores = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    first = feature_losses.crd_normalizer(jnp.float32(-1), scores, 10)
+    assert first == pytest.approx(35.0)
+    assert feature_losses.crd_normalizer(first, 2 * scores, 10) == first

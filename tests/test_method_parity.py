@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from catkd_jax import convert, default_config, methods, testing, training
+from catkd_jax import config_files, convert, default_config, methods, testing, training
 from catkd_jax.models import create_model
 from catkd_jax.training import steps
 
@@ -64,7 +64,8 @@ def _assert_summaries_equal(arrays: dict[str, np.ndarray], case: dict, group: st
 def _setup(method: str, case: dict):
     rows = json.loads(str(case["rows"]))
     teacher_arch, student_arch = (str(name) for name in case["networks"])
-    config = default_config.get_config()
+    config = config_files.with_values(default_config.get_config(),
+                                      testing.reference_method_settings(method, teacher_arch, student_arch))
     config.method, config.student.classifier_bias = method, True
     config.teacher.fold_batch_norm = False  # the teacher as the original runs it (folding rounds differently)
     student, teacher = create_model(student_arch, NUM_CLASSES), create_model(teacher_arch, NUM_CLASSES)
@@ -73,12 +74,14 @@ def _setup(method: str, case: dict):
     teacher_variables = training.teacher_inference_variables(
         config, teacher, weights(teacher_arch, "teacher", testing.TEACHER_SEED), (32, 32, 3))
     method_object = methods.create(config, student, teacher)
-    method_variables = method_object.variables_from_torch(testing.random_torch_state_dict(rows["method"],
-                                                                                          testing.METHOD_SEED))
+    constants = json.loads(str(case["constants"]))  # state the random fill leaves at the original's values
+    method_variables = method_object.variables_from_torch(
+        testing.random_torch_state_dict(rows["method"], testing.METHOD_SEED) | constants, teacher_variables)
     tx = training.create_optimizer(config, steps_per_epoch=1)
     state = training.create_train_state(weights(student_arch, "student", testing.STUDENT_SEED), tx, method_variables)
     images, labels = testing.reference_batch()
-    batch = {"image": images, "label": labels}
+    index, contrast_index = testing.reference_contrast_indices(len(labels))  # CRD's, from its "sample" loader
+    batch = {"image": images, "label": labels, "index": index, "contrast_index": contrast_index}
     teacher_outputs = steps.make_teacher_forward(config, teacher)(teacher_variables, images)
     return config, student, teacher, student_arch, method_object, tx, state, batch, teacher_outputs
 
@@ -92,15 +95,16 @@ def test_loss_terms_and_gradients_equal_the_original_forward_train(method, pair,
         state.params, state.method_params, state, batch, teacher_outputs)
 
     assert list(terms) == list(case["term_names"])  # the original's names, in its order
-    assert methods.count_parameters({"params": state.method_params}) == case["extra_parameters"]
+    assert method_object.extra_parameters({"params": state.method_params, **state.method_state}) == (
+        case["extra_parameters"])
     got = np.asarray([float(terms[name]) for name in terms])
     assert np.all(np.abs(got - case["terms"]) <= _tolerance(case["terms"], case["terms_rounding"])), (
         f"loss terms {got}, expected {case['terms']}")
     _assert_summaries_equal(convert.torch_arrays({"params": grads}, student_arch), case, "student_grads",
                             "student gradients")
     if "method_grads" in case:
-        _assert_summaries_equal(convert.module_torch_arrays({"params": method_grads}, method_object.torch_module_name),
-                                case, "method_grads", "method gradients")
+        _assert_summaries_equal(method_object.torch_arrays({"params": method_grads}), case, "method_grads",
+                                "method gradients")
     else:
         assert not jax.tree_util.tree_leaves(method_grads)
     if "step_changes" in case:  # one whole step of the original trainer: SGD, momentum, weight decay
@@ -108,11 +112,10 @@ def test_loss_terms_and_gradients_equal_the_original_forward_train(method, pair,
         new_state, _ = jax.jit(steps.make_student_step(config, student, teacher, tx, 1))(state, batch, teacher_outputs)
         changes = {f"student.{key}": value for key, value in convert.torch_arrays(
             {"params": jax.tree_util.tree_map(np.subtract, new_state.params, state.params)}, student_arch).items()}
-        changes |= convert.module_torch_arrays(
-            {"params": jax.tree_util.tree_map(np.subtract, new_state.method_params, state.method_params)},
-            method_object.torch_module_name)
+        changes |= method_object.torch_arrays(
+            {"params": jax.tree_util.tree_map(np.subtract, new_state.method_params, state.method_params)})
         _assert_summaries_equal(changes, case, "step_changes", "parameter changes")
         statistics = {f"student.{key}": value for key, value in convert.torch_arrays(
             {"batch_stats": new_state.batch_stats}, student_arch).items()}
-        statistics |= convert.module_torch_arrays(new_state.method_state, method_object.torch_module_name)
-        _assert_summaries_equal(statistics, case, "step_statistics", "running statistics")
+        statistics |= method_object.torch_arrays(new_state.method_state)
+        _assert_summaries_equal(statistics, case, "step_statistics", "running statistics, banks")

@@ -187,7 +187,7 @@ def test_a_damaged_teacher_names_the_setting_that_points_at_it(teacher_dir, tmp_
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(method="crd"), "config.method='crd' is unknown; use one of vanilla, cat_kd, kd, dkd, fitnet, at"),
+        (dict(method="fsp"), "config.method='fsp' is unknown; use one of vanilla, cat_kd, kd, dkd, fitnet, at"),
         (dict(method="kd"), "needs a teacher but config.teacher.checkpoint is empty"),
         (dict(method="kd", teacher__checkpoint="/nonexistent/teacher"), "does not exist"),
         (dict(method="kd", teacher__train_if_missing=True, teacher__config=""),

@@ -61,7 +61,8 @@ DATASETS = {
 }
 
 # Each random stream has its own number, so no two streams ever share a seed sequence.
-SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA, TRIVIAL_AUGMENT = range(7)
+(SHUFFLE, AUGMENT, SYNTHETIC_DATA, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SHAPES_DATA, TRIVIAL_AUGMENT,
+ CONTRAST) = range(8)
 
 
 def _first_time(seen: set[str]) -> Callable[[str], bool]:
@@ -132,6 +133,19 @@ def reduce_training_set(
 def seed_sequence(seed: int, stream: int, *words: int) -> np.random.SeedSequence:
     # SeedSequence takes non-negative integers only; the modulus keeps negative seeds usable.
     return np.random.SeedSequence([int(seed) % 2**64, stream, *(int(word) for word in words)])
+
+
+def _draw_other_class(rng: np.random.Generator, labels: np.ndarray, label: int, count: int, members: int) -> np.ndarray:
+    """`[count]` positions drawn uniformly, with replacement, among those whose `labels` are not
+    `label` (`members` of them are): uniform draws over all, those of the class rejected."""
+    drawn: list[np.ndarray] = []
+    needed = count
+    while needed > 0:
+        draws = rng.integers(0, len(labels), int(needed * len(labels) / (len(labels) - members) * 1.05) + 16)
+        kept = draws[labels[draws] != label][:needed]
+        drawn.append(kept)
+        needed -= len(kept)
+    return np.concatenate(drawn)
 
 
 def positive_int(value: Any, field: str) -> int:
@@ -290,17 +304,22 @@ class DataSource(abc.ABC):
         sizes[-1] = self.last_batch_size
         return sizes
 
-    def _train_id_batches(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
-        """This process's data-set indices of each of `epoch`'s batches from batch `first_step`
-        on: its contiguous `1 / process_count` of each global batch, so `[B]` of a full one."""
+    def _train_position_batches(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
+        """This process's positions in the (reduced) training set, `0 .. num_train - 1`, of each
+        of `epoch`'s batches from batch `first_step` on: its contiguous `1 / process_count` of
+        each global batch, so `[B]` of a full one."""
         first_step = self._first_step(first_step)
         rng = np.random.default_rng(self._epoch_entropy(SHUFFLE, epoch))
         order = rng.permutation(self.num_train)
         ends = np.cumsum(self._batch_sizes())
         batches = np.split(order[: ends[-1]], ends[:-1])[first_step:]
         shares = [len(batch) // self._process_count for batch in batches]
-        return [self._train_ids[batch[self._process_index * share : (self._process_index + 1) * share]]
+        return [batch[self._process_index * share : (self._process_index + 1) * share]
                 for batch, share in zip(batches, shares)]
+
+    def _train_id_batches(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
+        """`_train_position_batches` as data-set indices."""
+        return [self._train_ids[batch] for batch in self._train_position_batches(epoch, first_step)]
 
     def _train_ids_for_epoch(self, epoch: int, first_step: int = 0) -> np.ndarray:
         """`_train_id_batches` concatenated: cut into batches of `B`, the last may be smaller."""
@@ -367,6 +386,42 @@ class DataSource(abc.ABC):
           with B the global batch size over the process count; in the last batch,
           `last_batch_size` over the process count.
         """
+
+    def contrastive_train_batches(
+        self, epoch: int, first_step: int = 0, num_negatives: int = 16384, mode: str = "exact"
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """`train_batches`, each with its examples' contrastive indices, as the original's
+        CIFAR-100 "sample" loader for CRD (`CIFAR100InstanceSample`) gives them.
+
+        Indices are positions in the (reduced) training set, `0 .. num_train - 1` (the rows of a
+        memory bank of `num_train` examples). Each example's draws come from its own stream of
+        `(seed, epoch, position)`: a batch's indices never depend on the process count or on
+        where a run resumed.
+
+        Args:
+          num_negatives: k, the negatives drawn per example: uniformly, with replacement, among
+            the training examples of the other classes.
+          mode: the first contrastive index: 'exact', the example's own; 'relax', an example of
+            its class drawn uniformly (possibly itself).
+        Returns:
+          `train_batches(epoch, first_step)`'s batches with "index": int32 `[B]` and
+          "contrast_index": int32 `[B, 1 + num_negatives]`.
+        """
+        if mode not in ("exact", "relax"):
+            raise ConfigError(f"the contrastive sampling mode must be 'exact' or 'relax', got {mode!r}")
+        labels = self._train_labels[self._train_ids]
+        counts = np.bincount(labels, minlength=self.num_classes)
+        if np.any(counts[np.unique(labels)] == self.num_train):
+            raise ConfigError("contrastive negatives come from other classes, but the training set holds one class; "
+                              "keep at least two (config.data.reserved_classes)")
+        for batch, positions in zip(self.train_batches(epoch, first_step),
+                                    self._train_position_batches(epoch, first_step)):
+            contrast = np.empty((len(positions), 1 + num_negatives), np.int32)
+            for row, (position, label) in enumerate(zip(positions, labels[positions])):
+                rng = np.random.default_rng(seed_sequence(self._seed, CONTRAST, epoch, position))
+                contrast[row, 0] = position if mode == "exact" else rng.choice(np.flatnonzero(labels == label))
+                contrast[row, 1:] = _draw_other_class(rng, labels, label, num_negatives, counts[label])
+            yield batch | {"index": positions.astype(np.int32), "contrast_index": contrast}
 
     @abc.abstractmethod
     def _unaugmented(self, train: bool) -> Iterator[dict[str, np.ndarray]]:

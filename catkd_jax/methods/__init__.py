@@ -6,7 +6,8 @@ into named loss terms, with the modules and state it owns (`methods.base`).
     terms, new_state = method(variables, student_outputs, teacher_outputs, batch, epoch)
 
 The training loss is the sum of the terms. Families: `logits` (vanilla, KD, DKD), `cat_kd`,
-`features` (the mdistiller toolbox's FitNet, AT, NST, PKT, KDSVD, RKD, SP and VID).
+`features` (the mdistiller toolbox's FitNet, AT, NST, PKT, KDSVD, RKD, SP and VID), `ofd`, `crd`,
+`review` (its ReviewKD).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import ml_collections
 from catkd_jax.errors import ConfigError
 from catkd_jax.methods.base import LossTerms, Method, Outputs, count_parameters
 from catkd_jax.methods.cat_kd import CATKD
+from catkd_jax.methods.crd import CRD
 from catkd_jax.methods.features import AT, KDSVD, NST, PKT, RKD, SP, VID, FitNet
 from catkd_jax.methods.logits import DKD, KD, Vanilla
+from catkd_jax.methods.ofd import OFD
+from catkd_jax.methods.review import ReviewKD
 
 METHODS: dict[str, type[Method]] = {
     "vanilla": Vanilla,
@@ -33,6 +37,9 @@ METHODS: dict[str, type[Method]] = {
     "rkd": RKD,
     "sp": SP,
     "vid": VID,
+    "ofd": OFD,
+    "crd": CRD,
+    "reviewkd": ReviewKD,
 }
 
 

@@ -4,13 +4,14 @@ loss terms with the modules and state it owns."""
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Iterator, Mapping, Optional
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from catkd_jax import convert, losses
 from catkd_jax.errors import ConfigError
@@ -66,14 +67,23 @@ class Method:
         del student, teacher
         self.config = config
 
-    def init(self, key: jax.Array, teacher_variables: Variables | None = None) -> Variables:
+    def init(self, key: jax.Array, teacher_variables: Variables | None = None, num_train: int = 0) -> Variables:
         """The method's own variables, initialised as the original initialises its modules.
 
         `teacher_variables`: the frozen teacher's, as the train step receives them (None without
-        a teacher), for a method whose constants derive from the teacher's weights.
+        a teacher), for a method whose constants derive from the teacher's weights;
+        `num_train`: the training examples, for a method with state per example (memory banks).
         """
-        del key, teacher_variables
+        del key, teacher_variables, num_train
         return {}
+
+    @classmethod
+    def train_batches(cls, config: ml_collections.ConfigDict, source: Any, epoch: int,
+                      first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The training batches of `epoch` from step `first_step` that the method reads from
+        `source` (a `catkd_jax.data.DataSource`): its `train_batches`, unless the method needs more."""
+        del config
+        return source.train_batches(epoch, first_step)
 
     def variables_from_torch(self, state_dict: Mapping[str, Any],
                              teacher_variables: Variables | None = None) -> Variables:
@@ -88,6 +98,18 @@ class Method:
         if not converted:
             return initial
         return initial | convert.module_from_torch(state_dict, converted, self.torch_module_name)
+
+    def torch_arrays(self, variables: Variables) -> dict[str, np.ndarray]:
+        """`variables_from_torch`'s inverse: the method's variables (or gradients, or changes, in
+        their layout) under the original distiller's state-dict names, in PyTorch's layout."""
+        if not self.torch_module_name:
+            return {}
+        return convert.module_torch_arrays(variables, self.torch_module_name)
+
+    def extra_parameters(self, variables: Variables) -> int:
+        """What the original's `get_extra_parameters()` counts of the method's variables: its
+        parameters' elements (`count_parameters`), unless the method counts more."""
+        return count_parameters(variables)
 
     def __call__(
         self, variables: Variables, student: Outputs, teacher: Outputs | None, batch: dict[str, jax.Array],

@@ -141,8 +141,8 @@ class FitNet(Method):
                               f"{len(student_feats)} and {len(teacher_feats)} feats)")
         self.regressor = ConvReg(tuple(student_feats[layer].shape), tuple(teacher_feats[layer].shape))
 
-    def init(self, key: jax.Array, teacher_variables: Variables | None = None) -> Variables:
-        del teacher_variables
+    def init(self, key: jax.Array, teacher_variables: Variables | None = None, num_train: int = 0) -> Variables:
+        del teacher_variables, num_train
         return self.regressor.init(key, jnp.zeros(self.regressor.student_shape, jnp.float32))
 
     def __call__(self, variables, student, teacher, batch, epoch):
@@ -183,8 +183,8 @@ class VID(Method):
         self.student_feats = student_feats
         self.regressors = VIDRegressors(self.teacher_channels)
 
-    def init(self, key: jax.Array, teacher_variables: Variables | None = None) -> Variables:
-        del teacher_variables
+    def init(self, key: jax.Array, teacher_variables: Variables | None = None, num_train: int = 0) -> Variables:
+        del teacher_variables, num_train
         return self.regressors.init(key, [jnp.zeros(feat.shape, jnp.float32) for feat in self.student_feats])
 
     def __call__(self, variables, student, teacher, batch, epoch):

@@ -105,3 +105,58 @@ class VIDRegressors(nn.Module):
     def __call__(self, inputs: Sequence[jax.Array]) -> list[jax.Array]:
         return [VIDRegressor(channels, name=str(index))(x)
                 for index, (channels, x) in enumerate(zip(self.teacher_channels, inputs))]
+
+
+class OFDConnector(nn.Module):
+    """One of OFD's connectors (the original's `nn.Sequential(conv, BatchNorm2d)`, named `0`, `1`):
+    a conv without bias (`kernel_size`, stride 1, padding `(k - 1) // 2`, weights normal with
+    std `sqrt(2 / (k * k * features))`), then BatchNorm in training mode (weight 1, bias 0):
+    `[N, h, w, Ks] -> [N, h, w, features]`."""
+
+    features: int
+    kernel_size: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        size, padding = self.kernel_size, (self.kernel_size - 1) // 2
+        x = nn.Conv(self.features, (size, size), padding=((padding, padding), (padding, padding)), use_bias=False,
+                    kernel_init=nn.initializers.normal((2.0 / (size * size * self.features)) ** 0.5), name="0")(x)
+        return BatchNorm(use_running_average=False, name="1")(x)
+
+
+class OFDConnectors(nn.Module):
+    """OFD's connectors, one per stage pair (the original's `connectors.connectors`, named `0`,
+    `1`, ...): `[x_i [N, h_i, w_i, Ks_i]] -> [[N, h_i, w_i, Kt_i]]`."""
+
+    teacher_channels: Sequence[int]
+    kernel_size: int = 1
+
+    @nn.compact
+    def __call__(self, inputs: Sequence[jax.Array]) -> list[jax.Array]:
+        return [OFDConnector(channels, self.kernel_size, name=str(index))(x)
+                for index, (channels, x) in enumerate(zip(self.teacher_channels, inputs))]
+
+
+class CRDEmbed(nn.Module):
+    """CRD's embedding (the original's `Embed`): a linear layer (`linear`, PyTorch's default
+    initialisation), then l2 normalisation: `[N, K] -> [N, features]`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.features, kernel_init=torch_default_kernel_init,
+                     bias_init=torch_default_bias_init(x.shape[-1]), name="linear")(x)
+        return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
+
+
+class CRDEmbeddings(nn.Module):
+    """CRD's two embeddings, `embed_s` and `embed_t` (the original's names):
+    `([N, Ks], [N, Kt]) -> ([N, features], [N, features])`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, student: jax.Array, teacher: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return CRDEmbed(self.features, name="embed_s")(student), CRDEmbed(self.features, name="embed_t")(teacher)

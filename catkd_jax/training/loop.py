@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -257,8 +258,9 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
     source = sources[0]
     steps_per_epoch = source.steps_per_epoch
     state = initial_states(student, plan, run_configs, source.image_shape, steps_per_epoch, weights, teacher,
-                           teacher_variables)
-    extra_parameters = methods.count_parameters({"params": runs.unstack(state.method_params, 0)})
+                           teacher_variables, source.num_train)
+    method_variables = {"params": runs.unstack(state.method_params, 0), **runs.unstack(state.method_state, 0)}
+    extra_parameters = methods.create(config, student, teacher).extra_parameters(method_variables)
     if extra_parameters:  # as the original reports them (its get_extra_parameters)
         report(f"Extra parameters of {config.method}: {extra_parameters}")
     state, metas = _restore(savers, state, directories)
@@ -297,6 +299,7 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
                    f"{steps_per_epoch}: train loss {loss:.4f} acc {accuracy:.2f}% | {images_per_sec:.0f} images/s")
 
     log_every = _log_interval(config, steps_per_epoch)
+    train_batches = functools.partial(methods.get_method(config.method).train_batches, config)
     info = dict(arch=canonical_name(config.student.arch), num_classes=source.num_classes,
                 classifier_bias=config.student.classifier_bias)
     step = lambda state, batch: train_step(state, batch, teacher_variables, values)
@@ -328,8 +331,8 @@ def _train_runs(config, workdir, plan, directories, run_configs, sources, studen
         with interruption.StopRequests() as stop:
             for epoch in range(progress.epoch, config.num_epochs + 1):
                 started = time.time()
-                state, sums, epoch_step = _train_epoch(step, state, sources, mesh, epoch, config.num_epochs,
-                                                       progress, stop, log_every, log_steps)
+                state, sums, epoch_step = _train_epoch(step, state, sources, train_batches, mesh, epoch,
+                                                       config.num_epochs, progress, stop, log_every, log_steps)
                 global_step = (epoch - 1) * steps_per_epoch + epoch_step
                 if epoch_step < steps_per_epoch:  # stopped mid-epoch
                     save(jax.device_get(state.as_dict()), epoch, global_step, [None] * len(plan.runs),
@@ -431,13 +434,14 @@ def _log_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> in
     return max(1, steps_per_epoch // 10)
 
 
-def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progress,
+def _train_epoch(step, state, sources, train_batches, mesh, epoch, num_epochs, progress: _Progress,
                  stop: interruption.StopRequests, log_every: int = 0,
                  log_steps: Callable[..., None] | None = None) -> tuple[TrainState, dict[str, np.ndarray], int]:
     """The epoch's training steps from `progress.epoch_step` on, until done or asked to stop.
 
     `step(state, batch) -> (state, metrics)` is the multi-run step; `sources` holds one
-    source (inputs shared by all runs) or one per run. An epoch's last batch may be smaller
+    source (inputs shared by all runs) or one per run, whose batches `train_batches(source,
+    epoch, first_step)` reads (`Method.train_batches`). An epoch's last batch may be smaller
     (`DataSource.last_batch_size`): the step then compiles once more for its shape, and the
     metric sums weigh each step by its images (`count`). Returns the state, the epoch's per-step
     metric sums (`[R]` each, `progress.epoch_sums` included) and the epoch's steps done: fewer
@@ -452,7 +456,7 @@ def _train_epoch(step, state, sources, mesh, epoch, num_epochs, progress: _Progr
     done = progress.epoch_step
     totals, in_flight, last_refresh = progress.epoch_sums, collections.deque(), time.time()
     logged, logged_at = progress.epoch_sums, time.time()
-    batches = runs.stacked_batches(sources, lambda source: source.train_batches(epoch, done))
+    batches = runs.stacked_batches(sources, lambda source: train_batches(source, epoch, done))
     with tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch}/{num_epochs}", leave=False,
               disable=jax.process_index() != 0 or not sys.stderr.isatty()) as bar:
         for batch in sharding.prefetch(batches, mesh, run_axis=len(sources) > 1):

@@ -88,11 +88,12 @@ def create_train_state(
 def initial_method_variables(
     config: ml_collections.ConfigDict, student: flax.linen.Module, teacher: flax.linen.Module | None,
     teacher_variables: Variables | None = None,
+    num_train: int = 0,
 ) -> Variables:
     """The variables of `config.method`'s own modules for a run of seed `config.seed` (`{}`: none);
-    `teacher_variables` as the train step receives them (`Method.init`)."""
+    `teacher_variables` as the train step receives them, `num_train` training examples (`Method.init`)."""
     method = methods.create(config, student, teacher)
-    return method.init(jax.random.fold_in(jax.random.key(config.seed), _METHOD_STREAM), teacher_variables)
+    return method.init(jax.random.fold_in(jax.random.key(config.seed), _METHOD_STREAM), teacher_variables, num_train)
 
 
 # Streams of a run's seed: the student's initial weights, the method's modules.
@@ -108,13 +109,14 @@ def initial_states(
     weights: Variables | None = None,
     teacher: flax.linen.Module | None = None,
     teacher_variables: Variables | None = None,
+    num_train: int = 0,
 ) -> TrainState:
     """Every run's fresh state on the host, stacked on a leading run axis.
 
     Each run's parameters come from its own seed, exactly as a single run's would, or all of
     them from `weights` (`initial_weights`) when given; the method's modules (for `teacher`, the
-    teacher's module, and its `teacher_variables` as the train step receives them) always from
-    the run's seed.
+    teacher's module, and its `teacher_variables` as the train step receives them; `num_train`
+    training examples) always from the run's seed.
     """
     states = []
     initialize_student = _initializer(student, tuple(image_shape))
@@ -122,7 +124,7 @@ def initial_states(
         variables = weights
         if variables is None:
             variables = initialize_student(jax.random.fold_in(jax.random.key(run.seed), _STUDENT_STREAM))
-        method_variables = initial_method_variables(run_config, student, teacher, teacher_variables)
+        method_variables = initial_method_variables(run_config, student, teacher, teacher_variables, num_train)
         tx = create_optimizer(run_config, steps_per_epoch)
         states.append(create_train_state(variables, tx, method_variables).as_dict())
     return TrainState(**runs.stack(jax.device_get(states)))

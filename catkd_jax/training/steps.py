@@ -17,7 +17,6 @@ import numpy as np
 import optax
 
 from catkd_jax import config_files, methods, runs
-from catkd_jax.errors import ConfigError
 from catkd_jax.models import folding
 from catkd_jax.models import stages as model_stages
 from catkd_jax.training.optim import create_optimizer
@@ -54,11 +53,7 @@ def make_teacher_forward(
         return None
     method = methods.get_method(config.method)
     with_stages = method.reads_stages
-    if method.teacher_in_train_mode:
-        if config.teacher.fold_batch_norm:
-            raise ConfigError(f"method {config.method!r} runs the teacher in training mode (BatchNorm on the batch's "
-                              "statistics, as the original), which folded BatchNorm cannot; set "
-                              "config.teacher.fold_batch_norm=False")
+    if method.teacher_in_train_mode:  # `teacher_inference_variables` refused folding
         # The running statistics it would update are never read: the teacher is never evaluated.
         apply = lambda variables, images: model_stages.apply_with_stages(teacher, variables, images, train=True,
                                                                          mutable=["batch_stats"])[:2]

@@ -23,10 +23,15 @@ def teacher_inference_variables(
     """The frozen teacher's variables in the form the train step runs it.
 
     With `config.teacher.fold_batch_norm`, BatchNorm folded into the convolutions
-    (`models.folding`): the same function to float rounding, one pass less per layer.
+    (`models.folding`): the same function to float rounding, one pass less per layer (refused
+    for a method that runs the teacher in training mode).
     """
     if not config.teacher.fold_batch_norm:
         return variables
+    if methods.get_method(config.method).teacher_in_train_mode:
+        raise ConfigError(f"method {config.method!r} runs the teacher in training mode (BatchNorm on the batch's "
+                          "statistics, as the original), which folded BatchNorm cannot; set "
+                          "config.teacher.fold_batch_norm=False")
     return folding.fold_batch_norm(teacher, variables, image_shape)
 
 
