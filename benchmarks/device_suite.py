@@ -19,9 +19,12 @@ Parts (`--parts`, default all):
    resnet8 trained twice for `--real-data-epochs`: the loss falls, test accuracy is above
    chance, and the two runs are bit-identical; the training loop's images/s (input pipeline,
    transfers and all) beside its train step's alone.
+5. methods: every distillation method's train step on resnet32x4 -> resnet8x4, batch 64, float32
+   (images/s, compile seconds, memory), with --reference-code beside the original's trainer
+   iteration of the same method (`reference_step.py --method`, one subprocess for all).
 Within the budget, each part's essentials come first (part 1 at batch 64 in float32 with the
-teacher folded, part 2, the same in bfloat16, the decomposed grouped convolutions, parts 3 and
-4, the XLA options), then the rest of part 1; a measurement starts only while the budget
+teacher folded, part 2, the same in bfloat16, the decomposed grouped convolutions, parts 3, 4
+and 5, the XLA options), then the rest of part 1; a measurement starts only while the budget
 lasts (what is left is listed as skipped), and one that fails is listed with its error while
 the others go on. --out is rewritten after every measurement, so a run that is stopped keeps
 what it measured. Prints one table per part. --tiny runs every part at
@@ -50,7 +53,7 @@ import numpy as np
 
 import throughput  # the sibling script: python puts this directory first on the path
 
-from catkd_jax import checkpoints, config_files, default_config, training
+from catkd_jax import checkpoints, config_files, default_config, methods, training
 from catkd_jax.console import format_table
 from catkd_jax.data import reduce_training_set, save_npz
 from catkd_jax.models import layers
@@ -63,7 +66,11 @@ PEAK_TFLOPS = {
     "A100": {"bfloat16": 312.0, "float32": 156.0},
 }
 
-PARTS = ("throughput", "reference", "runs", "real_data")
+PARTS = ("throughput", "reference", "runs", "real_data", "methods")
+
+# Part 5's methods: every distillation method (--tiny: CRD alone, the one whose batches carry more).
+METHODS = tuple(name for name in methods.METHODS if methods.needs_teacher(name))
+TINY_METHODS = ("crd",)
 
 # The original code's step measured in a subprocess: importing torch, cuDNN's autotuning and three
 # pairs of 2 x --steps eager steps take well under a minute on a GPU.
@@ -181,12 +188,16 @@ def throughput_settings(args: argparse.Namespace) -> tuple[list, list, list]:
     return float32, bfloat16, rest
 
 
-def reference(args: argparse.Namespace) -> list[dict]:
+def reference(args: argparse.Namespace, method_names: Sequence[str] = ("cat_kd",)) -> list[dict]:
     """The original PyTorch step of part 1's pairs at batch 64 (`reference_step.py`), in a
-    process of its own: torch and JAX do not share this one's device memory or failures."""
+    process of its own: torch and JAX do not share this one's device memory or failures; or of
+    `method_names` on part 5's pair."""
     pairs = [("resnet20", "resnet20")] if args.tiny else PAIRS  # the original has no CAM-head resnet8
+    if tuple(method_names) != ("cat_kd",):
+        pairs = PAIRS[:1]
     command = [sys.executable, str(pathlib.Path(__file__).with_name("reference_step.py")),
                f"--code={args.reference_code}", "--pairs=" + ",".join(f"{t}:{s}" for t, s in pairs),
+               f"--method={','.join(method_names)}",
                f"--batch-size={8 if args.tiny else 64}", f"--steps={args.steps}", "--json"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_SECONDS, check=False)
     if completed.returncode != 0:
@@ -232,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     device = jax.devices()[0]
     result: dict[str, Any] = {"device": f"{jax.device_count()} x {device.device_kind}", "backend": jax.default_backend(),
                               "jax": jax.__version__, "tiny": args.tiny, "throughput": [], "reference": [],
-                              "runs": [], "skipped": [], "errors": []}
+                              "runs": [], "methods": [], "methods_reference": [], "skipped": [], "errors": []}
     recorder = Recorder(result, args.budget_seconds, args.out)
 
     def throughput_part(settings: list) -> None:
@@ -261,6 +272,17 @@ def run(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as workdir:
             recorder.measure("real data", functools.partial(real_data, args, pathlib.Path(workdir)),
                              functools.partial(result.__setitem__, "real_data"))
+    if "methods" in args.parts:
+        teacher, student = ("resnet8", "resnet8") if args.tiny else PAIRS[0]
+        for name in TINY_METHODS if args.tiny else METHODS:
+            # A method that runs the teacher in training mode (OFD) needs its BatchNorm unfolded.
+            folded = not methods.get_method(name).teacher_in_train_mode
+            recorder.measure(f"{name}, {teacher}->{student} batch {batch}",
+                             functools.partial(_throughput, teacher, student, batch, "float32", folded, args, method=name),
+                             result["methods"].append)
+        if args.reference_code and not args.tiny:  # (the tests' stand-in for the original has CAT-KD only)
+            recorder.measure("methods reference", functools.partial(reference, args, METHODS),
+                             result["methods_reference"].extend)
     teacher, student, batch, dtype, folded = float32[0]
     for options in (TINY_XLA_OPTION_VARIANTS if args.tiny else XLA_OPTION_VARIANTS) if "throughput" in args.parts else ():
         recorder.measure(_setting_name(teacher, student, batch, dtype, folded, _describe(options)),
@@ -309,6 +331,17 @@ def tables(result: dict) -> str:
             f"best test accuracy {data['best_test_acc']:.2f}% (chance {data['chance_acc']:.0f}%); "
             f"two runs bit-identical: {data['bit_identical']}; the training loop {data['loop_images_per_sec']:.0f} "
             f"images/s, its train step alone {data['step_images_per_sec']:.0f}")
+    if result["methods"]:
+        original = {r["method"]: r["trainer_images_per_sec"] for r in result["methods_reference"]}
+        rows = [[r["method"], f"{r['teacher']} -> {r['student']}", r["batch_size"],
+                 "folded" if r["teacher_batch_norm_folded"] else "unfolded", f"{r['train_images_per_sec']:.0f}",
+                 _optional(original.get(r["method"]), "{:.0f}"),
+                 _optional(_ratio(r["train_images_per_sec"], original.get(r["method"])), "{:.2f}"),
+                 f"{r['compile_seconds']:.1f}", _optional(r["train_step_memory_mib"], "{:.0f}")]
+                for r in result["methods"]]
+        parts.append("methods (float32; original: its trainer's img/s):\n" + format_table(
+            ["method", "teacher -> student", "batch", "teacher", "train img/s", "original img/s", "x original",
+             "compile s", "step MiB"], rows))
     if result["skipped"]:
         parts.append("skipped (budget spent): " + "; ".join(result["skipped"]))
     if result["errors"]:

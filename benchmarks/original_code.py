@@ -38,3 +38,23 @@ def reference_arguments(description: str, out_help: str, seed_help: str,
 DISTILLERS = {"vanilla": "NONE", "cat_kd": "CAT_KD", "kd": "KD", "dkd": "DKD", "fitnet": "FITNET", "at": "AT",
               "nst": "NST", "pkt": "PKT", "kdsvd": "KDSVD", "rkd": "RKD", "sp": "SP", "vid": "VID",
               "ofd": "OFD", "reviewkd": "REVIEWKD", "crd": "CRD"}
+
+
+# Config fields whose CFG name is not their upper-cased dotted name.
+_ORIGINAL_NAMES = {"crd.student_dim": "CRD.FEAT.STUDENT_DIM", "crd.teacher_dim": "CRD.FEAT.TEACHER_DIM",
+                   "crd.num_negatives": "CRD.NCE.K"}
+
+
+def original_cfg(settings: dict):
+    """The original's default `CFG` (a clone) with `settings`, this project's config fields
+    (dotted: "reviewkd.shapes"), under the original's names (REVIEWKD.SHAPES, CRD.NCE.K)."""
+    from mdistiller.engine.cfg import CFG  # pylint: disable=import-outside-toplevel
+
+    cfg = CFG.clone()
+    for dotted, value in settings.items():
+        *sections, name = _ORIGINAL_NAMES.get(dotted, dotted.upper()).split(".")
+        node = cfg
+        for section in sections:
+            node = node[section]
+        node[name] = list(value) if isinstance(value, (tuple, list)) else value
+    return cfg

@@ -58,9 +58,6 @@ CROSS_FAMILY_PAIR = {"kdsvd": "wrn_16_2_resnet8", "vid": "wrn_16_2_resnet8", "of
 ACROSS_FAMILIES_ONLY = ("reviewkd", "crd")  # CRD reads the pooled features alone
 
 
-# Config fields of `testing.reference_method_settings` whose CFG name is not their upper-cased name.
-ORIGINAL_NAMES = {"crd.student_dim": "CRD.FEAT.STUDENT_DIM", "crd.teacher_dim": "CRD.FEAT.TEACHER_DIM",
-                  "crd.num_negatives": "CRD.NCE.K"}
 # State-dict entries that are constants, not weights: kept at the distiller's values, not filled.
 ORIGINAL_CONSTANTS = ("contrast.params",)
 # The non-trainable state compared after a whole step: BatchNorm statistics, CRD's banks and constants.
@@ -103,7 +100,6 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     """The original's step for `method` on the pair, at `dtype`: the stored arrays (see the module
     doc), and the summarised arrays themselves by group."""
     from mdistiller.distillers import distiller_dict  # pylint: disable=import-outside-toplevel
-    from mdistiller.engine.cfg import CFG  # pylint: disable=import-outside-toplevel
     from mdistiller.models import cifar_model_dict  # pylint: disable=import-outside-toplevel
 
     torch.manual_seed(0)
@@ -115,13 +111,7 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     # its margins from the teacher's weights), and again after: FitNet's and VID's constructors
     # run both networks once in training mode (`get_feat_shapes`), which moves their statistics.
     _load(teacher, rows["teacher"], testing.TEACHER_SEED)
-    cfg = CFG.clone()
-    for dotted, value in testing.reference_method_settings(method, teacher_arch, student_arch).items():
-        *sections, name = ORIGINAL_NAMES.get(dotted, dotted.upper()).split(".")  # REVIEWKD.SHAPES
-        node = cfg
-        for section in sections:
-            node = node[section]
-        node[name] = list(value) if isinstance(value, (tuple, list)) else value
+    cfg = original_code.original_cfg(testing.reference_method_settings(method, teacher_arch, student_arch))
     # CRD's constructor takes the bank's size (the training set's); its AliasMethod moves itself to
     # a GPU, which this CPU run has not (the trainer never draws from it: the loader gives the rows).
     extra = (testing.CRD_NUM_DATA,) if method == "crd" else ()

@@ -4,14 +4,16 @@ this project's train step (`benchmarks/throughput.py`) is compared with.
     python benchmarks/reference_step.py --code DIR [--pairs resnet32x4:resnet8x4,resnet56:resnet20]
         [--batch-size 64] [--steps 20] [--warmup 3] [--json]
     python benchmarks/reference_step.py --code DIR --pairs ShuffleV1,MobileNetV2   # vanilla students
-    python benchmarks/reference_step.py --code DIR --method fitnet --pairs resnet32x4:resnet8x4
+    python benchmarks/reference_step.py --code DIR --method fitnet,crd --pairs resnet32x4:resnet8x4
 
 DIR holds the original code's `mdistiller` package (github.com/GzyAftermath/CAT-KD), e.g.
 `git -C CAT-KD archive HEAD mdistiller | tar -x -C DIR`; it is imported from there, not copied
 into this project. A pair is built as its `tools/train.py` builds it: for CAT-KD with `if_test:
 True` (the `_test` CAM-head networks, the `CAT_KD` distiller), for another `--method` its
-distiller over the plain networks with the toolbox's default `CFG` (the original's config code
-needs `yacs`), a student alone as its vanilla run (the plain network, the `Vanilla` distiller);
+distiller over the plain networks with the toolbox's default `CFG` and the settings that must
+fit the pair (`catkd_jax.methods.fitted_settings`; CRD with banks of CIFAR-100's 50,000 examples
+and random contrastive rows, as its `CRDTrainer` passes them; the original's config code needs
+`yacs`), a student alone as its vanilla run (the plain network, the `Vanilla` distiller);
 each in `torch.nn.DataParallel`, with SGD (momentum 0.9,
 weight decay 5e-4) and `cudnn.benchmark` on, random weights (the speed does not depend on them)
 and the CAT settings of `catkd_jax.default_config`, so that the step is the one throughput.py
@@ -28,14 +30,17 @@ import argparse
 import json
 import time
 import types
+import unittest.mock
 from typing import Callable
 
 import torch
 
 import original_code  # the sibling module: python puts this directory first on the path
-from catkd_jax import default_config
+from catkd_jax import default_config, methods
+from catkd_jax.models import create_model
 
 NUM_CLASSES = 100
+CIFAR100_TRAIN_SIZE = 50_000
 
 
 def _reference_config() -> types.SimpleNamespace:
@@ -82,10 +87,16 @@ def _distiller(teacher: str | None, student: str, method: str) -> torch.nn.Modul
         networks = [_network(cifar_model_dict, name + "_test") for name in (teacher, student)]
         return CAT_KD(networks[1], networks[0], _reference_config())
     from mdistiller.distillers import distiller_dict  # pylint: disable=import-outside-toplevel
-    from mdistiller.engine.cfg import CFG  # pylint: disable=import-outside-toplevel
 
     networks = [_network(cifar_model_dict, name) for name in (teacher, student)]
-    return distiller_dict[original_code.DISTILLERS[method]](networks[1], networks[0], CFG.clone())
+    # The settings that must fit the pair (ReviewKD's lists, CRD's embedding inputs), as its configs set them.
+    cfg = original_code.original_cfg(methods.fitted_settings(method, create_model(student, NUM_CLASSES),
+                                                             create_model(teacher, NUM_CLASSES)))
+    if method != "crd":
+        return distiller_dict[original_code.DISTILLERS[method]](networks[1], networks[0], cfg)
+    # CRD's banks hold CIFAR-100's training set; its AliasMethod goes to a GPU (unused: the loader draws).
+    with unittest.mock.patch("mdistiller.distillers.CRD.AliasMethod.cuda", lambda self: self):
+        return distiller_dict["CRD"](networks[1], networks[0], cfg, CIFAR100_TRAIN_SIZE)
 
 
 def measure(teacher: str | None, student: str, batch_size: int, steps: int, warmup: int,
@@ -101,10 +112,15 @@ def measure(teacher: str | None, student: str, batch_size: int, steps: int, warm
                                 weight_decay=5e-4)
     image = torch.randn(batch_size, 3, 32, 32, device=device)
     target = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    inputs = {}
+    if method == "crd" and teacher is not None:  # what its CRDTrainer passes from the "sample" loader
+        index = torch.randperm(CIFAR100_TRAIN_SIZE, device=device)[:batch_size]
+        negatives = torch.randint(0, CIFAR100_TRAIN_SIZE, (batch_size, distiller.module.contrast.K), device=device)
+        inputs = {"index": index, "contrastive_index": torch.cat([index[:, None], negatives], dim=1)}
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad()
-        preds, losses = distiller(image=image, target=target, epoch=1)
+        preds, losses = distiller(image=image, target=target, epoch=1, **inputs)
         loss = sum(value.mean() for value in losses.values())
         loss.backward()
         optimizer.step()
@@ -137,21 +153,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20,wrn_40_2:ShuffleV1",
                         type=lambda text: [(*pair.split(":"),) if ":" in pair else (None, pair) for pair in text.split(",")],
                         help="comma-separated teacher:student pairs (CAT-KD), or students alone (vanilla training)")
-    parser.add_argument("--method", default="cat_kd", choices=sorted(set(original_code.DISTILLERS) - {"vanilla"}),
-                        help="the distillation method of the teacher:student pairs")
+    parser.add_argument("--method", default=["cat_kd"], type=lambda text: text.split(","),
+                        help="the distillation method of the teacher:student pairs, or several, comma-separated: "
+                             + ",".join(sorted(set(original_code.DISTILLERS) - {"vanilla"})))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=3, help="untimed trainer iterations first")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
     args = parser.parse_args(argv)
+    unknown = set(args.method) - (set(original_code.DISTILLERS) - {"vanilla"})
+    if unknown:
+        parser.error(f"--method: {', '.join(sorted(unknown))} is not a distillation method of the original")
     original_code.use_code(parser, args.code, "distillers/CAT_KD.py")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    results = [measure(teacher, student, args.batch_size, args.steps, args.warmup, args.method)
-               for teacher, student in args.pairs]
+    results = [measure(teacher, student, args.batch_size, args.steps, args.warmup, method)
+               for method in args.method for teacher, student in args.pairs]
     if args.json:
         print(json.dumps(results))
         return

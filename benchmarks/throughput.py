@@ -22,8 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from catkd_jax import default_config as default, methods, runs, sharding, training
+from catkd_jax import config_files, default_config as default, methods, runs, sharding, training
 from catkd_jax.models import create_model
+
+
+CIFAR100_TRAIN_SIZE = 50_000  # the rows of CRD's memory banks
 
 
 def _time(fn, steps: int) -> float:
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> dict:
     teacher, teacher_variables = None, None
     if methods.needs_teacher(args.method):
         teacher = create_model(args.teacher, num_classes, dtype)
+        # The settings that must fit the pair (ReviewKD's lists, CRD's embedding inputs), as its configs set them.
+        config = config_files.with_values(config, methods.fitted_settings(args.method, student, teacher))
         config.teacher.fold_batch_norm = args.fold_batch_norm
         teacher_variables = training.initialize(teacher, jax.random.key(1), (32, 32, 3))
         teacher_variables = sharding.replicate(
@@ -68,7 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     steps_per_epoch = 781  # CIFAR-100 at batch 64; only the schedule's boundaries depend on it
     run_configs = [runs.run_config(config, plan, run) for run in plan.runs]
     state = sharding.replicate(training.initial_states(student, plan, run_configs, (32, 32, 3), steps_per_epoch,
-                                                             teacher=teacher), mesh)
+                                                       teacher=teacher, teacher_variables=teacher_variables,
+                                                       num_train=CIFAR100_TRAIN_SIZE), mesh)
     values = sharding.replicate(np.asarray(plan.values(), np.float32), mesh)
     rng = np.random.default_rng(0)
     leading = () if plan.shared_inputs else (args.runs,)
@@ -82,6 +88,13 @@ def run(args: argparse.Namespace) -> dict:
         run_axis=not plan.shared_inputs,
     )
     train_batch = {key: batch[key] for key in ("image", "label")}
+    if args.method == "crd":  # each example's bank row and contrastive rows, as the data source adds them
+        index = np.stack([rng.permutation(CIFAR100_TRAIN_SIZE)[:args.batch_size] for _ in range(int(np.prod(leading)))])
+        contrast = rng.integers(0, CIFAR100_TRAIN_SIZE, (*index.shape, 1 + config.crd.num_negatives))
+        contrast[..., 0] = index
+        extra = {"index": index.reshape(*leading, -1).astype(np.int32),
+                 "contrast_index": contrast.reshape(*leading, args.batch_size, -1).astype(np.int32)}
+        train_batch |= sharding.global_batch(extra, mesh, run_axis=not plan.shared_inputs)
     train_step = jax.jit(
         training.make_multi_run_step(config, student, teacher, steps_per_epoch, plan, vectorize), donate_argnums=0
     )

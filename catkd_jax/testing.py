@@ -118,24 +118,14 @@ def norm_and_projection(array: np.ndarray, index: int) -> np.ndarray:
 
 def reference_method_settings(method: str, teacher_arch: str, student_arch: str) -> dict[str, Any]:
     """The config fields (dotted, `{"reviewkd.shapes": ...}`) that the distiller parity references
-    set for a method and pair beyond the defaults: ReviewKD's lists, which the original reads
-    from its config and which must fit the networks (`methods.review.fitting_settings` at the
-    references' 32x32 images), and CRD's embedding inputs and number of negatives; none for
-    the other methods. The original's CFG names are these
-    upper-cased (REVIEWKD.SHAPES)."""
-    if method not in ("reviewkd", "crd"):
-        return {}
-    from catkd_jax import default_config  # pylint: disable=import-outside-toplevel
-    from catkd_jax.methods import base, review  # pylint: disable=import-outside-toplevel
+    set for a method and pair beyond the defaults: those that must fit the networks
+    (`methods.fitted_settings` at the references' 32x32 images: ReviewKD's lists, CRD's embedding
+    inputs), and CRD's number of negatives (`CRD_NUM_NEGATIVES`); none for the other methods."""
+    from catkd_jax import methods  # pylint: disable=import-outside-toplevel
     from catkd_jax.models import create_model  # pylint: disable=import-outside-toplevel
 
-    student, teacher = (base.stage_shapes(create_model(arch, 100), (32, 32, 3))
-                        for arch in (student_arch, teacher_arch))
-    if method == "crd":  # the embeddings' inputs, and few negatives (a bank of CRD_NUM_DATA rows)
-        return {"crd.student_dim": student.pooled_feat.shape[-1], "crd.teacher_dim": teacher.pooled_feat.shape[-1],
-                "crd.num_negatives": CRD_NUM_NEGATIVES}
-    fitted = review.fitting_settings(student, teacher, default_config.get_config().reviewkd)
-    return {f"reviewkd.{name}": value for name, value in fitted.items()}
+    fitted = methods.fitted_settings(method, create_model(student_arch, 100), create_model(teacher_arch, 100))
+    return fitted | ({"crd.num_negatives": CRD_NUM_NEGATIVES} if method == "crd" else {})
 
 
 # CRD's references: a memory bank of this many rows, and this many negatives per example.

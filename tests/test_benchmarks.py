@@ -153,7 +153,7 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
                 for r in result["throughput"]]
     assert settings == [(8, "float32", True, {}), (8, "float32", True, {"xla_cpu_use_fusion_emitters": False}),
                         (16, "bfloat16", False, {})]
-    for r in result["throughput"] + result["runs"]:  # throughput.py's figures
+    for r in result["throughput"] + result["runs"] + result["methods"]:  # throughput.py's figures
         assert r["train_images_per_sec"] > 0 and r["train_step_flops"] > 0 and r["train_step_memory_mib"] > 0
         # Consistent figures: an eval step (the student's forward pass) is faster than a train
         # step (the teacher's forward pass, the student's forward and backward passes, the
@@ -166,6 +166,8 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
         assert r["fraction_of_peak"] is None  # a CPU's peak is not in the table
         assert r["process_peak_device_mib"] is None  # nor does a CPU report its allocator's peak
     assert [(r["runs"], r["vectorized"]) for r in result["runs"]] == [(1, False), (2, True)]
+    (crd,) = result["methods"]  # part 5 at tiny size: CRD, whose batches carry contrastive rows
+    assert (crd["method"], crd["batch_size"], crd["teacher_batch_norm_folded"]) == ("crd", 8, True)
     # Two runs of the same step compile to more work than one: XLA's FLOPs double with the runs.
     assert result["runs"][1]["train_step_flops"] == pytest.approx(2 * result["runs"][0]["train_step_flops"], rel=0.01)
     real = result["real_data"]
@@ -175,6 +177,7 @@ def test_device_suite_runs_each_part_at_tiny_size_and_writes_its_json(tmp_path, 
     printed = capsys.readouterr().out
     assert "resnet8 -> resnet8" in printed and "two runs bit-identical: True" in printed
     assert "the original PyTorch code" in printed and "resnet20 -> resnet20" in printed
+    assert re.search(r"\ncrd +resnet8 -> resnet8 +8 +folded +\d+ +- +- ", printed), printed
     assert printed.endswith(f"Wrote {tmp_path / 'suite.json'}\n")
     # A throughput row is divided by the original's rate for its pair and batch, where measured.
     faster = dict(original, teacher="resnet8", student="resnet8", trainer_images_per_sec=100.0)

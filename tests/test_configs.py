@@ -177,6 +177,49 @@ def test_reviewkd_configs_match_the_originals_and_fit_their_networks(stem, lr, b
     assert settings.shapes[0] == 1 and fitted == {name: tuple(settings[name]) for name in fitted}
 
 
+_CFG_OFD = {"ofd.ce_weight": 1.0, "ofd.feat_weight": 1e-3, "ofd.connector_kernel_size": 1}
+_CFG_CRD = {"crd.ce_weight": 1.0, "crd.feat_weight": 0.8, "crd.feat_dim": 128, "crd.num_negatives": 16384,
+            "crd.momentum": 0.5, "crd.temperature": 0.07, "crd.mode": "exact"}
+_KD_IMAGENET = {"kd.temperature": 1.0, "kd.ce_weight": 0.5, "kd.kd_weight": 0.5}
+_CFG_AT = {"at.ce_weight": 1.0, "at.feat_weight": 1000.0, "at.p": 2}
+# (stem, lr, batch, lr milestones, weight decay, method settings): the OFD, CRD, AT and KD table of
+# original_settings.md.
+BASELINE_CONFIGS = [
+    ("cifar100_ofd_res32x4_res8x4", 0.05, 64, (150, 180, 210), 5e-4, _CFG_OFD),
+    ("cifar100_ofd_res32x4_shuv2", 0.01, 64, (150, 180, 210), 5e-4, _CFG_OFD),
+    ("imagenet_ofd_res50_mobilenet", 0.05, 128, (30, 60, 90), 1e-4, _CFG_OFD | {"ofd.feat_weight": 1e-4}),
+    ("cifar100_crd_res32x4_res8x4", 0.05, 64, (150, 180, 210), 5e-4, _CFG_CRD),
+    ("cifar100_crd_res32x4_shuv1", 0.01, 64, (150, 180, 210), 5e-4, _CFG_CRD | {"crd.student_dim": 960}),
+    ("imagenet_crd_res34_res18", 0.1, 256, (150, 180, 210), 1e-4, _CFG_CRD),
+    ("imagenet_crd_res50_mobilenet", 0.1, 256, (150, 180, 210), 1e-4, _CFG_CRD),
+    ("imagenet_at_res34_res18", 0.2, 512, (30, 60, 90), 1e-4, _CFG_AT),
+    ("imagenet_at_res50_mobilenet", 0.2, 512, (30, 60, 90), 1e-4, _CFG_AT),
+    ("imagenet_kd_res34_res18", 0.2, 512, (30, 60, 90), 1e-4, _KD_IMAGENET),
+    ("imagenet_kd_res50_mobilenet", 0.2, 512, (30, 60, 90), 1e-4, _KD_IMAGENET),
+]
+
+
+@pytest.mark.parametrize("stem, lr, batch_size, milestones, weight_decay, settings", BASELINE_CONFIGS,
+                         ids=[case[0] for case in BASELINE_CONFIGS])
+def test_baseline_configs_match_the_originals(stem, lr, batch_size, milestones, weight_decay, settings):
+    """The recipe and method settings of the original's file for the pair (CFG's where it sets
+    none); CRD's embedding inputs are the networks' widths; OFD's teacher is not folded."""
+    config = _load(CONFIG_DIR / f"{stem}.py")
+    method = stem.split("_")[1]
+    assert config.method == method and config.student.classifier_bias is True
+    assert (config.optim.lr, config.batch_size, tuple(config.optim.decay_epochs), config.optim.weight_decay) == (
+        pytest.approx(lr), batch_size, milestones, pytest.approx(weight_decay))
+    assert config.optim.lr_batch_size in (0, batch_size)  # the original's lr at the original's batch
+    for dotted, value in settings.items():
+        section, name = dotted.split(".")
+        assert config[section][name] == (pytest.approx(value) if isinstance(value, float) else value), dotted
+    assert config.teacher.fold_batch_norm is (method != "ofd")
+    student, teacher = create_model(config.student.arch, 100), create_model(config.teacher.arch, 100)
+    for dotted, value in methods.fitted_settings(method, student, teacher).items():
+        section, name = dotted.split(".")
+        assert config[section][name] == value, dotted
+
+
 # ml_collections loads config files with the deprecated `SourceFileLoader.load_module`.
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids(CONFIG_FILES))

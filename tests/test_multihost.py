@@ -1,6 +1,7 @@
 """Several processes of one job: two processes on localhost (CPU, one device each, gloo
-collectives) train, checkpoint and resume exactly like one process with two devices, and a
-process that dies makes the other stop with a clear error instead of hanging.
+collectives) train CRD, checkpoint and resume exactly like one process with two devices, memory
+banks included, and a process that dies (of a job training ReviewKD) makes the other stop with a
+clear error instead of hanging.
 
 Every subprocess runs under a hard deadline and is SIGKILLed when the test ends.
 """
@@ -19,22 +20,26 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from catkd_jax import checkpoints
+from catkd_jax import checkpoints, testing
 from conftest import REPO_ROOT, timeless_metrics, xla_flags
 from test_interruption import TESTS_ON_PATH, driver_command
 
 DEADLINE = 90  # seconds for any one job
 
 
-def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int) -> list[str]:
-    """main.py training a CAT-KD resnet8 on tiny synthetic data (tiny_config's sizes)."""
+def _main_command(workdir: pathlib.Path, teacher: pathlib.Path, epochs: int, method: str) -> list[str]:
+    """main.py training `method` (CRD or ReviewKD: methods with state, memory banks or running
+    statistics of their own, fitted to the networks) on a resnet8 with tiny synthetic data
+    (tiny_config's sizes)."""
     settings = {
-        "method": "cat_kd", "student.arch": "resnet8", "student.classifier_bias": False,
+        "method": method, "student.arch": "resnet8", "student.classifier_bias": True,
         "teacher.arch": "resnet8", "teacher.checkpoint": teacher, "data.name": "cifar10",
         "data.source": "synthetic", "data.synthetic_train_size": 64, "data.synthetic_test_size": 40,
         "batch_size": 16, "eval_batch_size": 16, "num_epochs": epochs, "checkpoint.every_epochs": 1,
+        **testing.reference_method_settings(method, "resnet8", "resnet8"),
     }
     return [sys.executable, str(REPO_ROOT / "main.py"), "--config", str(REPO_ROOT / "configs" / "default.py"),
             "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in settings.items())]
@@ -115,10 +120,10 @@ def _two_processes(job: _Job, command: list[str], cache: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(teacher_dir, compilation_cache, tmp_path_factory):
-    """Three epochs in one process with two devices."""
+    """Three epochs of CRD in one process with two devices."""
     workdir = tmp_path_factory.mktemp("one_process")
     with _Job(workdir.parent / f"{workdir.name}_logs") as job:
-        job.start(_main_command(workdir, teacher_dir, 3),
+        job.start(_main_command(workdir, teacher_dir, 3, "crd"),
                   _environment(compilation_cache, devices=2))
         assert job.wait() == [0], job.output(0)[-3000:]
     return workdir
@@ -134,13 +139,23 @@ def _assert_same_as(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     a, _ = checkpoints.load_variables(workdir)
     b, _ = checkpoints.load_variables(reference)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    ours, theirs = (_saved_state(directory)["method_state"] for directory in (workdir, reference))
+    assert set(ours["memory"]) == {"student", "teacher", "z_student", "z_teacher"}  # CRD's banks and constants
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
+
+
+def _saved_state(workdir: pathlib.Path) -> dict:
+    """The newest training state saved in `workdir`, as saved (the method's state included)."""
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "meta")) as manager:
+        return manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
 
 
 def test_two_processes_stopped_by_sigterm_to_one_resume_like_one_process_with_two_devices(
         teacher_dir, reference, compilation_cache, tmp_path):
-    """Two processes train and checkpoint together; SIGTERM to one stops both at one step;
-    the same command resumes; the result equals one process with two devices, bit for bit."""
-    command = _main_command(tmp_path / "run", teacher_dir, 3)
+    """Two processes train CRD and checkpoint together; SIGTERM to one stops both at one step;
+    the same command resumes; the result equals one process with two devices, bit for bit,
+    the memory banks included."""
+    command = _main_command(tmp_path / "run", teacher_dir, 3, "crd")
     with _Job(tmp_path / "logs_stopped") as pair:
         for process_id, env in enumerate(_pair_environments(compilation_cache, pair.logs)):
             pair.start(driver_command(command, 2, "SIGTERM") if process_id == 0 else command, env)
@@ -165,7 +180,7 @@ def test_two_processes_stopped_by_sigterm_to_one_resume_like_one_process_with_tw
 
 def test_a_killed_process_makes_the_other_stop_with_a_clear_error(teacher_dir, compilation_cache, tmp_path):
     with _Job(tmp_path / "logs") as job:
-        _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000), compilation_cache)
+        _two_processes(job, _main_command(tmp_path / "run", teacher_dir, 1000, "reviewkd"), compilation_cache)
         end = time.monotonic() + DEADLINE
         # Mid-epoch 2: both processes are past start-up, compilation and epoch 1's checkpoint, and
         # the next operation across them is a training step's collective, which notices a lost

@@ -12,11 +12,14 @@ The training loss is the sum of the terms. Families: `logits` (vanilla, KD, DKD)
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import ml_collections
 
 from catkd_jax.errors import ConfigError
-from catkd_jax.methods.base import LossTerms, Method, Outputs, count_parameters
+from catkd_jax.methods import review
+from catkd_jax.methods.base import LossTerms, Method, Outputs, count_parameters, stage_shapes
 from catkd_jax.methods.cat_kd import CATKD
 from catkd_jax.methods.crd import CRD
 from catkd_jax.methods.features import AT, KDSVD, NST, PKT, RKD, SP, VID, FitNet
@@ -58,5 +61,23 @@ def needs_teacher(name: str) -> bool:
     return get_method(name).needs_teacher
 
 
-__all__ = ["METHODS", "LossTerms", "Method", "Outputs", "count_parameters", "create", "get_method",
-           "needs_teacher"]
+def fitted_settings(method: str, student: nn.Module, teacher: nn.Module,
+                    image_shape: tuple[int, ...] = (32, 32, 3)) -> dict[str, Any]:
+    """The config fields (dotted: `{"reviewkd.shapes": ...}`) that `method` reads from the config
+    as the original does and that must fit the networks, fitted to them at `image_shape`:
+    ReviewKD's lists (`review.fitting_settings`, from the default config's) and CRD's embedding
+    inputs (the networks' `pooled_feat` widths); `{}` for the other methods."""
+    if method not in ("reviewkd", "crd"):
+        return {}
+    student_stages, teacher_stages = (stage_shapes(model, tuple(image_shape)) for model in (student, teacher))
+    if method == "crd":
+        return {"crd.student_dim": student_stages.pooled_feat.shape[-1],
+                "crd.teacher_dim": teacher_stages.pooled_feat.shape[-1]}
+    from catkd_jax import default_config  # pylint: disable=import-outside-toplevel  # (it imports this module)
+
+    fitted = review.fitting_settings(student_stages, teacher_stages, default_config.get_config().reviewkd)
+    return {f"reviewkd.{name}": value for name, value in fitted.items()}
+
+
+__all__ = ["METHODS", "LossTerms", "Method", "Outputs", "count_parameters", "create", "fitted_settings",
+           "get_method", "needs_teacher"]
