@@ -16,8 +16,9 @@ eval mode, OFD's in training mode) on `testing.reference_batch`, then the summed
 - each loss term;
 - each gradient, of the student's and of the method's parameters, as `testing.norm_and_projection`'s
   (norm, projection) per tensor, named by its PyTorch key;
-- for the methods of `WHOLE_STEP` (those with their own parameters), one step of the original trainer's
-  optimiser (SGD, lr 0.05, momentum 0.9, weight decay 5e-4, over `get_learnable_parameters`):
+- for the methods of `WHOLE_STEP` (those with their own parameters), one step of the original
+  trainer (`BaseTrainer.train_iter`, `CRDTrainer`'s for CRD; SGD, lr 0.05, momentum 0.9, weight
+  decay 5e-4, over `get_learnable_parameters`), on a copy of the distiller:
   the summaries of every parameter's change and of every BatchNorm's running statistics after it;
 - per loss term and summarised tensor, its distance from the same step at float64
   (`<group>_rounding`): the float32 reference's own rounding error.
@@ -27,6 +28,7 @@ The original's `mdistiller.engine.cfg` needs `yacs` (`pip install yacs`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import unittest.mock
@@ -131,10 +133,8 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     images, labels = testing.reference_batch()
     image = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(dtype)
     target = torch.from_numpy(labels.astype(np.int64))
-    before = {name: value.detach().clone() for name, value in distiller.named_parameters()}
-    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=LR, momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY)
-    optimizer.zero_grad()
+    # The whole step runs on a copy, in the original's trainer; the terms and gradients on this one.
+    stepped = copy.deepcopy(distiller) if method in WHOLE_STEP else None
     inputs = {}
     if method == "crd":  # what the CRDTrainer passes from its "sample" loader
         index, contrast_index = testing.reference_contrast_indices(len(labels))
@@ -160,13 +160,38 @@ def _run(method: str, teacher_arch: str, student_arch: str, dtype: torch.dtype) 
     if method_grads:
         _store(result, raw, "method_grads", method_grads)
     if method in WHOLE_STEP:
-        optimizer.step()
-        changes = {name: (parameter.detach() - before[name]).numpy() for name, parameter in parameters.items()}
-        statistics = {name: value.numpy().copy() for name, value in distiller.state_dict().items()
+        before = {name: value.detach().clone() for name, value in stepped.named_parameters()}
+        _trainer_step(stepped, method, (image, target, *inputs.values()))
+        changes = {name: (parameter.detach() - before[name]).numpy()
+                   for name, parameter in stepped.named_parameters() if name in parameters}
+        statistics = {name: value.numpy().copy() for name, value in stepped.state_dict().items()
                       if name.endswith(STATE_AFTER_STEP) and not name.startswith("teacher.")}
         _store(result, raw, "step_changes", changes)
         _store(result, raw, "step_statistics", statistics)
     return result, raw
+
+
+def _trainer_step(distiller: torch.nn.Module, method: str, data: tuple) -> None:
+    """One `train_iter` of the original's trainer for `method` (`CRDTrainer` for CRD, else
+    `BaseTrainer`) on `data`, its loader's tuple (CRD's carries the contrastive rows), with its
+    SGD over `get_learnable_parameters()`. The trainer moves the batch to the GPU and casts the
+    images to float32: here both stay (the CPU; the step's dtype, float64 for the rounding
+    reference). `BaseTrainer`'s loader tuple also holds the examples' indices, which it ignores."""
+    from mdistiller.engine.trainer import BaseTrainer, CRDTrainer  # pylint: disable=import-outside-toplevel
+    from mdistiller.engine.utils import AverageMeter  # pylint: disable=import-outside-toplevel
+
+    trainer = object.__new__(CRDTrainer if method == "crd" else BaseTrainer)  # without its logs and loaders
+    trainer.distiller = distiller
+    trainer.optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=LR, momentum=MOMENTUM,
+                                        weight_decay=WEIGHT_DECAY)
+    if method != "crd":
+        data = (*data, torch.zeros(len(data[1]), dtype=torch.int64))
+    meters = {name: AverageMeter() for name in ("data_time", "training_time", "losses", "top1", "top5")}
+    to_float = torch.Tensor.float
+    keep_floats = lambda tensor, *args, **kwargs: tensor if tensor.is_floating_point() else to_float(tensor)
+    with unittest.mock.patch.object(torch.Tensor, "cuda", lambda tensor, *args, **kwargs: tensor), \
+            unittest.mock.patch.object(torch.Tensor, "float", keep_floats):
+        trainer.train_iter(data, 1, meters)
 
 
 def reference(method: str, teacher_arch: str, student_arch: str) -> dict[str, np.ndarray]:
