@@ -36,8 +36,8 @@ from TFDS by default) of each seed's trained student, mean ± std; no published 
 with the strong teacher's config). --table 9: linear probes of the students of WRN-40-2 ->
 WRN-16-2 (CRD's and DKD's transfer pair; the CAT-KD paper's own Table 9 pair is not
 transcribed here) for every method with a config there. A --table leaves out, on stderr, its
-methods that have no config yet (ReviewKD until configs/cifar100_reviewkd_res32x4_res8x4.py
-exists); --pairs / --methods given with it replace its own.
+methods that have no config for its pairs (Table 9: those without a WRN-40-2 -> WRN-16-2 config);
+--pairs / --methods given with it replace its own.
 """
 
 from __future__ import annotations
