@@ -1183,3 +1183,15 @@ def test_contrastive_batches_draw_other_class_negatives_reproducibly_per_example
                               batches[0]["contrast_index"][:, 1:])
     relaxed = next(whole.contrastive_train_batches(1, num_negatives=4, mode="relax"))
     np.testing.assert_array_equal(labels[relaxed["contrast_index"][:, 0]], relaxed["label"])  # one of its class
+
+
+def test_contrastive_rows_follow_the_tf_data_sources_batches():
+    """The rows come from the source's order, the images from its tf.data pipeline: each batch's
+    rows are its examples' (labels here are the examples' indices, the last batch smaller)."""
+    images, labels = _random_images(40), np.arange(40)
+    source = _array_source(images, labels, batch_size=16)
+    batches = list(source.contrastive_train_batches(1, num_negatives=3))
+    assert [len(batch["index"]) for batch in batches] == [16, 16, 8]
+    for batch in batches:
+        np.testing.assert_array_equal(batch["index"], batch["label"])
+        np.testing.assert_array_equal(batch["contrast_index"][:, 0], batch["label"])

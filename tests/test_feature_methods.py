@@ -144,3 +144,12 @@ def test_ofd_on_pairs_the_original_fails_on_is_refused_in_one_line(teacher_arch,
     with pytest.raises(ConfigError, match=problem):
         method = methods.create(tiny_config(method="ofd"), create_model(student_arch, 10, classifier_bias=True), teacher)
         method.init(jax.random.key(0), random_variables(teacher, (32, 32, 3)))
+
+
+def test_a_method_setting_that_does_not_fit_the_networks_is_refused_before_the_workdir_is_written(
+        teacher_dir, tmp_path):
+    config = tiny_config(method="crd", teacher__checkpoint=str(teacher_dir), crd__student_dim=960, crd__teacher_dim=64)
+    with pytest.raises(ConfigError, match=r"^config.crd.student_dim=960 but the student's pooled_feat has 64 "
+                                          r"features; set config.crd.student_dim=64$"):
+        training.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -416,6 +416,10 @@ class DataSource(abc.ABC):
                               "keep at least two (config.data.reserved_classes)")
         for batch, positions in zip(self.train_batches(epoch, first_step),
                                     self._train_position_batches(epoch, first_step)):
+            # The images come from `train_batches` (tf.data for some sources), the rows from the
+            # same order here: a batch whose labels are not its rows' would update other examples' rows.
+            if not np.array_equal(batch["label"], labels[positions]):
+                raise RuntimeError("contrastive rows out of step with the training batches' examples")
             contrast = np.empty((len(positions), 1 + num_negatives), np.int32)
             for row, (position, label) in enumerate(zip(positions, labels[positions])):
                 rng = np.random.default_rng(seed_sequence(self._seed, CONTRAST, epoch, position))

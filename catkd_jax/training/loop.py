@@ -204,6 +204,10 @@ def train_and_evaluate(
                                               train_teacher=train_and_evaluate)
     if teacher_variables is not None:
         teacher_variables = sharding.replicate(teacher_variables, mesh)
+    # The method's modules and state for these networks and data, traced only: a setting that does
+    # not fit them is refused before the workdir is written.
+    method = methods.create(config, student, teacher)
+    jax.eval_shape(lambda key: method.init(key, teacher_variables, source.num_train), jax.random.key(0))
 
     def write_records(first_step: int = 0) -> None:
         """The workdir's config.json (and each run's): how the checkpoints from `first_step` on are made."""
