@@ -146,10 +146,14 @@ def test_ofd_on_pairs_the_original_fails_on_is_refused_in_one_line(teacher_arch,
         method.init(jax.random.key(0), random_variables(teacher, (32, 32, 3)))
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="crd", crd__student_dim=960, crd__teacher_dim=64),
+     r"^config.crd.student_dim=960 but the student's pooled_feat has 64 features; set config.crd.student_dim=64$"),
+    (dict(method="reviewkd"),  # its defaults fit resnet32x4 -> ShuffleV1
+     r"^config.reviewkd does not fit these networks' features: shapes=\(1, 4, 8, 16\) should be \(1, 8, 16, 32\);"),
+])
 def test_a_method_setting_that_does_not_fit_the_networks_is_refused_before_the_workdir_is_written(
-        teacher_dir, tmp_path):
-    config = tiny_config(method="crd", teacher__checkpoint=str(teacher_dir), crd__student_dim=960, crd__teacher_dim=64)
-    with pytest.raises(ConfigError, match=r"^config.crd.student_dim=960 but the student's pooled_feat has 64 "
-                                          r"features; set config.crd.student_dim=64$"):
-        training.train_and_evaluate(config, tmp_path / "run")
+        settings, message, teacher_dir, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        training.train_and_evaluate(tiny_config(teacher__checkpoint=str(teacher_dir), **settings), tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -77,6 +77,12 @@ class Method:
         del key, teacher_variables, num_train
         return {}
 
+    def check_fit(self, image_shape: tuple[int, ...]) -> None:
+        """Raises `ConfigError` when the method's settings do not fit the networks on images of
+        `image_shape` `[H, W, 3]` (settings the original reads from its config, as ReviewKD's
+        lists); the training loop asks before it writes the workdir. Nothing to check by default."""
+        del image_shape
+
     @classmethod
     def train_batches(cls, config: ml_collections.ConfigDict, source: Any, epoch: int,
                       first_step: int = 0) -> Iterator[dict[str, np.ndarray]]:

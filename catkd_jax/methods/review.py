@@ -26,7 +26,7 @@ import numpy as np
 
 from catkd_jax import losses
 from catkd_jax.errors import ConfigError
-from catkd_jax.methods.base import Method, weighted_cross_entropy
+from catkd_jax.methods.base import Method, stage_shapes, weighted_cross_entropy
 from catkd_jax.methods.modules import _torch_conv
 from catkd_jax.models import stages as model_stages
 from catkd_jax.models.layers import BatchNorm
@@ -167,8 +167,9 @@ class ReviewKD(Method):
 
     There are as many ABFs as `in_channels` entries, each with `min(512, in_channels[-1])` mid
     channels; their BatchNorms run in training mode, the running statistics the method's state.
-    The settings must fit the networks, checked when the step is traced (`fitting_settings`; the
-    original fails on most mismatches, and broadcasts a 1x1 output against a larger teacher map).
+    The settings must fit the networks, checked before training (`check_fit`) and when the step is
+    traced (`fitting_settings`; the original fails on most mismatches, and broadcasts a 1x1 output
+    against a larger teacher map).
     """
 
     reads_stages = True
@@ -183,6 +184,10 @@ class ReviewKD(Method):
                               f"ABF, so they must be equally long and not empty; got lengths {lengths}")
         self.abfs = ReviewABFs(min(MAX_MID_CHANNELS, settings.in_channels[-1]), tuple(settings.out_channels),
                                tuple(settings.shapes), tuple(settings.out_shapes))
+        self.networks = (student, teacher)
+
+    def check_fit(self, image_shape: tuple[int, ...]) -> None:
+        jax.eval_shape(self._check_fit, *(stage_shapes(model, tuple(image_shape)) for model in self.networks))
 
     def init(self, key: jax.Array, teacher_variables: Variables | None = None, num_train: int = 0) -> Variables:
         """The ABFs' variables; as the parameters' shapes do not depend on the maps' sizes, initialised on 1x1 maps."""

@@ -207,6 +207,7 @@ def train_and_evaluate(
     # The method's modules and state for these networks and data, traced only: a setting that does
     # not fit them is refused before the workdir is written.
     method = methods.create(config, student, teacher)
+    method.check_fit(source.image_shape)
     jax.eval_shape(lambda key: method.init(key, teacher_variables, source.num_train), jax.random.key(0))
 
     def write_records(first_step: int = 0) -> None:
