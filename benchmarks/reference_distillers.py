@@ -57,7 +57,8 @@ CROSS_FAMILY_PAIR = {"kdsvd": "wrn_16_2_resnet8", "vid": "wrn_16_2_resnet8", "of
 # ReviewKD's parity is checked across families only: there its ABFs resize maps up by 2 and 4 and
 # down by 2 (on the ResNet pair only up by 2 and 8, or not at all), and that pair alone fails on
 # each bug planted so far; the ResNet pair would add 5 s to the suite.
-ACROSS_FAMILIES_ONLY = ("reviewkd", "crd")  # CRD reads the pooled features alone
+# CRD reads the pooled features alone; OFD's WideResNet pair alone fails on each bug planted in it.
+ACROSS_FAMILIES_ONLY = ("reviewkd", "crd", "ofd")
 
 
 # State-dict entries that are constants, not weights: kept at the distiller's values, not filled.

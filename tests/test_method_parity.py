@@ -2,7 +2,7 @@
 of the student's and of the method's own parameters, and (FitNet, VID, OFD, ReviewKD, CRD) one
 whole step of the original trainer (its `train_iter`, `CRDTrainer`'s for CRD: parameters, running
 statistics, CRD's banks and constants after it), on two pairs of networks (one across families;
-ReviewKD and CRD on the one across families only).
+OFD, ReviewKD and CRD on the one across families only).
 
 The references come from `benchmarks/reference_distillers.py` (the original code at float32 on
 the CPU, weights from `catkd_jax.testing.random_torch_state_dict`); gradients and changes are
