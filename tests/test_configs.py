@@ -177,6 +177,22 @@ def test_reviewkd_configs_match_the_originals_and_fit_their_networks(stem, lr, b
     assert settings.shapes[0] == 1 and fitted == {name: tuple(settings[name]) for name in fitted}
 
 
+def test_kd_configs_keep_cfg_kd_and_the_toolboxs_recipe_for_each_dkd_pair():
+    """KD for every pair the original's DKD configs cover (its kd.yaml: resnet32x4 -> resnet8x4):
+    CFG.KD's settings, lr 0.01 for MobileNet/ShuffleNet students, 0.05 otherwise."""
+    kd, dkd = ({(config.teacher.arch, config.student.arch): config for config in
+                (_load(path) for path in CONFIG_FILES if path.stem.startswith(f"cifar100_{method}_"))}
+               for method in ("kd", "dkd"))
+    assert kd.keys() == dkd.keys() and len(kd) == 11
+    for (teacher, student), config in kd.items():
+        assert config.method == "kd" and config.student.classifier_bias is True
+        assert (config.kd.temperature, config.kd.ce_weight, config.kd.kd_weight) == (4.0, 0.1, 0.9)
+        lr = 0.01 if student.startswith(("MobileNet", "Shuffle")) else 0.05
+        assert config.optim.lr == pytest.approx(lr), (teacher, student)
+        assert config.teacher.config == dkd[teacher, student].teacher.config
+        assert (config.num_epochs, config.batch_size, tuple(config.optim.decay_epochs)) == (240, 64, (150, 180, 210))
+
+
 _CFG_OFD = {"ofd.ce_weight": 1.0, "ofd.feat_weight": 1e-3, "ofd.connector_kernel_size": 1}
 _CFG_CRD = {"crd.ce_weight": 1.0, "crd.feat_weight": 0.8, "crd.feat_dim": 128, "crd.num_negatives": 16384,
             "crd.momentum": 0.5, "crd.temperature": 0.07, "crd.mode": "exact"}
