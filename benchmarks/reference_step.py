@@ -35,12 +35,12 @@ from typing import Callable
 
 import torch
 
-import original_code  # the sibling module: python puts this directory first on the path
+import original_code  # the sibling modules: python puts this directory first on the path
+from throughput import CIFAR100_TRAIN_SIZE
 from catkd_jax import default_config, methods
 from catkd_jax.models import create_model
 
 NUM_CLASSES = 100
-CIFAR100_TRAIN_SIZE = 50_000
 
 
 def _reference_config() -> types.SimpleNamespace:

@@ -515,5 +515,5 @@ def crd_memory_update(memory: jax.Array, index: jax.Array, embedding: jax.Array,
     """
     memory = _f32(memory)
     rows = memory[index] * np.float32(momentum) + jax.lax.stop_gradient(_f32(embedding)) * np.float32(1 - momentum)
-    rows = rows / jnp.sqrt(jnp.sum(jnp.square(rows), axis=1, keepdims=True))
+    rows = rows / jnp.sqrt(jnp.sum(jnp.square(rows), axis=1, keepdims=True))  # unclamped, as the original
     return memory.at[index].set(rows)

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from catkd_jax.data import AUGMENTATIONS, DATASETS, SOURCES
+from catkd_jax.data.base import CONTRAST_MODES
 from catkd_jax.errors import ConfigError
 from catkd_jax.methods import METHODS
 
@@ -29,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cat_kd.cam_strategy": ("top", "bottom"),
     "cat_kd.class_weighting": ("uniform", "teacher_prob"),
     "cat_kd.teacher_cams": ("classifier", "gradcam"),
+    "crd.mode": CONTRAST_MODES,
 }
 # Dotted field -> its smallest value, for integer fields.
 MINIMUMS: dict[str, int] = {
@@ -42,6 +44,9 @@ MINIMUMS: dict[str, int] = {
     "dkd.warmup_epochs": 0,
     "kdsvd.k": 1,
     "reviewkd.warmup_epochs": 1,
+    "ofd.connector_kernel_size": 1,
+    "crd.feat_dim": 1,
+    "crd.num_negatives": 1,
     "optim.lr_batch_size": 0,
     "teacher.num_epochs": 0,
     "checkpoint.every_epochs": 1,

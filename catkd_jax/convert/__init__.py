@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from catkd_jax.models import canonical_name, create_model
+from catkd_jax.models import stages as model_stages
 from catkd_jax.types import Variables
 from catkd_jax.errors import InputError, MissingInputError
 
@@ -120,12 +121,6 @@ def _set_nested(tree: dict, path: tuple[str, ...], value: Any) -> None:
     for name in path[:-1]:
         tree = tree.setdefault(name, {})
     tree[path[-1]] = value
-
-
-def _get_nested(tree: Mapping, path: tuple[str, ...]) -> Any:
-    for name in path:
-        tree = tree[name]
-    return tree
 
 
 def _describe(problems: list[str], what: str, limit: int = 20) -> str:
@@ -223,7 +218,7 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch: str) -> dict[str, np
         if key == f"{classifier}.bias" and not has_bias:
             state[key] = np.zeros((num_classes,), np.float32)
         else:
-            value = np.asarray(_get_nested(variables[leaf.collection], leaf.path), np.float32)
+            value = np.asarray(model_stages.at_path(variables[leaf.collection], leaf.path), np.float32)
             if value.shape != leaf.shape:
                 raise CheckpointMismatchError(
                     f"{'/'.join(leaf.path)} has shape {value.shape}, {arch} expects {leaf.shape}"

@@ -65,6 +65,10 @@ DATASETS = {
  CONTRAST) = range(8)
 
 
+# CRD's contrastive sampling modes (`DataSource.contrastive_train_batches`).
+CONTRAST_MODES = ("exact", "relax")
+
+
 def _first_time(seen: set[str]) -> Callable[[str], bool]:
     """Whether a stderr line is new; lines differing only in their log prefix (time, thread:
     "I0000 00:00:1796003875.358 15128 port.cc:153] text") count as the same."""
@@ -407,11 +411,11 @@ class DataSource(abc.ABC):
           `train_batches(epoch, first_step)`'s batches with "index": int32 `[B]` and
           "contrast_index": int32 `[B, 1 + num_negatives]`.
         """
-        if mode not in ("exact", "relax"):
+        if mode not in CONTRAST_MODES:
             raise ConfigError(f"the contrastive sampling mode must be 'exact' or 'relax', got {mode!r}")
         labels = self._train_labels[self._train_ids]
         counts = np.bincount(labels, minlength=self.num_classes)
-        if np.any(counts[np.unique(labels)] == self.num_train):
+        if np.count_nonzero(counts) < 2:
             raise ConfigError("contrastive negatives come from other classes, but the training set holds one class; "
                               "keep at least two (config.data.reserved_classes)")
         for batch, positions in zip(self.train_batches(epoch, first_step),

@@ -18,7 +18,6 @@ import flax.linen as nn
 import ml_collections
 
 from catkd_jax.errors import ConfigError
-from catkd_jax.methods import review
 from catkd_jax.methods.base import LossTerms, Method, Outputs, count_parameters, stage_shapes
 from catkd_jax.methods.cat_kd import CATKD
 from catkd_jax.methods.crd import CRD
@@ -63,20 +62,12 @@ def needs_teacher(name: str) -> bool:
 
 def fitted_settings(method: str, student: nn.Module, teacher: nn.Module,
                     image_shape: tuple[int, ...] = (32, 32, 3)) -> dict[str, Any]:
-    """The config fields (dotted: `{"reviewkd.shapes": ...}`) that `method` reads from the config
-    as the original does and that must fit the networks, fitted to them at `image_shape`:
-    ReviewKD's lists (`review.fitting_settings`, from the default config's) and CRD's embedding
-    inputs (the networks' `pooled_feat` widths); `{}` for the other methods."""
-    if method not in ("reviewkd", "crd"):
-        return {}
-    student_stages, teacher_stages = (stage_shapes(model, tuple(image_shape)) for model in (student, teacher))
-    if method == "crd":
-        return {"crd.student_dim": student_stages.pooled_feat.shape[-1],
-                "crd.teacher_dim": teacher_stages.pooled_feat.shape[-1]}
+    """`Method.fitted_settings` of `method` for these networks at `image_shape`, from the default
+    config's values (ReviewKD's lists, CRD's embedding inputs; `{}` for most methods)."""
     from catkd_jax import default_config  # pylint: disable=import-outside-toplevel  # (it imports this module)
 
-    fitted = review.fitting_settings(student_stages, teacher_stages, default_config.get_config().reviewkd)
-    return {f"reviewkd.{name}": value for name, value in fitted.items()}
+    return get_method(method).fitted_settings(default_config.get_config(), stage_shapes(student, tuple(image_shape)),
+                                              stage_shapes(teacher, tuple(image_shape)))
 
 
 __all__ = ["METHODS", "LossTerms", "Method", "Outputs", "count_parameters", "create", "fitted_settings",

@@ -44,10 +44,10 @@ class Method:
 
     A method may own modules (a regressor, embeddings) and state (running statistics, memory
     banks, constants derived from the teacher's weights): `init` makes their variables,
-    `{"params": ..., <other collections>: ...}` (`{}` for none). Their "params" train with the student's optimiser (the original's
-    `get_learnable_parameters`) and are saved in the run's checkpoint; evaluation, export and
-    probes see the student only. `__call__` returns the step's terms (their sum is the loss)
-    and the new values of the non-"params" collections.
+    `{"params": ..., <other collections>: ...}` (`{}` for none). Their "params" train with the
+    student's optimiser (the original's `get_learnable_parameters`) and are saved in the run's
+    checkpoint; evaluation, export and probes see the student only. `__call__` returns the
+    step's terms (their sum is the loss) and the new values of the non-"params" collections.
 
     Class attributes: `needs_teacher` (vanilla training has none), `reads_stages` (the
     networks' intermediate features, `Outputs.stages`, are computed for it) and
@@ -75,6 +75,15 @@ class Method:
         `num_train`: the training examples, for a method with state per example (memory banks).
         """
         del key, teacher_variables, num_train
+        return {}
+
+    @classmethod
+    def fitted_settings(cls, config: ml_collections.ConfigDict, student: model_stages.Stages,
+                        teacher: model_stages.Stages) -> dict[str, Any]:
+        """The config fields (dotted: `{"reviewkd.shapes": ...}`) that the method reads from the
+        config as the original does and that must fit the networks, fitted to these networks'
+        stages (or their shapes), starting from `config`'s values; `{}` when none must fit."""
+        del config, student, teacher
         return {}
 
     def check_fit(self, image_shape: tuple[int, ...]) -> None:

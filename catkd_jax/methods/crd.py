@@ -12,7 +12,8 @@ import numpy as np
 
 from catkd_jax import convert, feature_losses
 from catkd_jax.errors import ConfigError
-from catkd_jax.methods.base import Method, stage_shapes, weighted_cross_entropy
+from catkd_jax.data.base import CONTRAST_MODES
+from catkd_jax.methods.base import Method, require_choice, stage_shapes, weighted_cross_entropy
 from catkd_jax.methods.modules import CRDEmbeddings
 from catkd_jax.types import Variables
 
@@ -41,14 +42,20 @@ class CRD(Method):
     def __init__(self, config, student, teacher):
         super().__init__(config, student, teacher)
         settings = config.crd
-        for name, model, setting in (("student", student, "student_dim"), ("teacher", teacher, "teacher_dim")):
-            width = stage_shapes(model, (32, 32, 3)).pooled_feat.shape[-1]
+        fitted = self.fitted_settings(config, stage_shapes(student, (32, 32, 3)), stage_shapes(teacher, (32, 32, 3)))
+        for name, setting in (("student", "student_dim"), ("teacher", "teacher_dim")):
+            width = fitted[f"crd.{setting}"]
             if settings[setting] != width:
                 raise ConfigError(f"config.crd.{setting}={settings[setting]} but the {name}'s pooled_feat has {width} "
                                   f"features; set config.crd.{setting}={width}")
-        if settings.mode not in ("exact", "relax"):
-            raise ConfigError(f"config.crd.mode must be 'exact' or 'relax', got {settings.mode!r}")
+        require_choice("crd", settings, "mode", CONTRAST_MODES)
         self.embeddings = CRDEmbeddings(settings.feat_dim)
+
+    @classmethod
+    def fitted_settings(cls, config, student, teacher):
+        """The embeddings' inputs: the networks' `pooled_feat` widths."""
+        del config
+        return {"crd.student_dim": student.pooled_feat.shape[-1], "crd.teacher_dim": teacher.pooled_feat.shape[-1]}
 
     @classmethod
     def train_batches(cls, config: ml_collections.ConfigDict, source: Any, epoch: int,
@@ -69,7 +76,8 @@ class CRD(Method):
                   "z_student": jnp.float32(-1), "z_teacher": jnp.float32(-1)}
         return {**variables, "memory": memory}
 
-    def variables_from_torch(self, state_dict: Mapping[str, Any], teacher_variables: Variables | None = None) -> Variables:
+    def variables_from_torch(self, state_dict: Mapping[str, Any],
+                             teacher_variables: Variables | None = None) -> Variables:
         """The embeddings, banks and constants of the original's `embed_s`, `embed_t` and
         `contrast` (`params`: K, T, Z_v1, Z_v2, momentum)."""
         state = {key.removeprefix("module."): np.asarray(value, np.float32) for key, value in state_dict.items()}

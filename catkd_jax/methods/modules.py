@@ -148,6 +148,7 @@ class CRDEmbed(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.features, kernel_init=torch_default_kernel_init,
                      bias_init=torch_default_bias_init(x.shape[-1]), name="linear")(x)
+        # Unclamped, as the original's `Normalize` (`losses.l2_normalize` clamps the norm at 1e-12).
         return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
 
 

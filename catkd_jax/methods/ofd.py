@@ -20,13 +20,6 @@ def _aligned(*lists):
     return [tuple(entries[len(entries) - length:]) for entries in lists]
 
 
-def _variable(variables: Variables, collection: str, path: tuple[str, ...]) -> dict:
-    tree = variables[collection]
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
 class OFD(Method):
     """`ce_weight * CE + feat_weight * ofd_loss`: the student's `preact_feats[1:]`, each through a
     connector (1x1 conv + BatchNorm, `OFDConnectors`), against the teacher's `preact_feats[1:]`
@@ -77,7 +70,7 @@ class OFD(Method):
             raise ValueError("OFD's margins come from the teacher's variables: pass them to init")
         margins = []
         for path, channels in zip(self.teacher_bns, self.connectors.teacher_channels):
-            batch_norm = jax.device_get(_variable(teacher_variables, "params", path))
+            batch_norm = jax.device_get(model_stages.at_path(teacher_variables["params"], path))
             if batch_norm["scale"].shape != (channels,):
                 raise ConfigError(f"OFD's margin of a {channels}-channel stage comes from the teacher's BatchNorm "
                                   f"{'/'.join(path)}, which has {batch_norm['scale'].shape[0]} channels (the original "

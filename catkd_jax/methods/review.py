@@ -186,6 +186,12 @@ class ReviewKD(Method):
                                tuple(settings.shapes), tuple(settings.out_shapes))
         self.networks = (student, teacher)
 
+    @classmethod
+    def fitted_settings(cls, config, student, teacher):
+        """The lists (`fitting_settings`), from `config.reviewkd`'s."""
+        fitted = fitting_settings(student, teacher, config.reviewkd)
+        return {f"reviewkd.{name}": value for name, value in fitted.items()}
+
     def check_fit(self, image_shape: tuple[int, ...]) -> None:
         jax.eval_shape(self._check_fit, *(stage_shapes(model, tuple(image_shape)) for model in self.networks))
 

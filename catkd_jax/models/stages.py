@@ -134,6 +134,13 @@ def stage_channels(model: nn.Module) -> tuple[int, ...]:
     return tuple(model.original_stage_channels())
 
 
+def at_path(tree: Any, path: Path) -> Any:
+    """The subtree of `tree` (e.g. a `params` or `batch_stats` pytree) at `path`, submodule names."""
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
 def bn_before_relu(model: nn.Module) -> tuple[Path, ...]:
     """The paths (tuples of submodule names, as in `params`/`batch_stats`) of the BatchNorms that
     the original network's `get_bn_before_relu()` returns, in its order."""
