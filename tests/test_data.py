@@ -20,7 +20,7 @@ from catkd_jax.data import (ArraySource, DataSource, NumpyArraySource, augment, 
 from catkd_jax.data.cifar import load_tfds
 from catkd_jax.data.folders import load_folder
 from catkd_jax.data.npz import load_npz
-from catkd_jax.errors import MissingInputError
+from catkd_jax.errors import ConfigError, MissingInputError
 from conftest import REPO_ROOT, read_metrics, shared_path
 
 # The original recipe's constants, restated here so a typo in the module cannot hide.
@@ -1195,3 +1195,12 @@ def test_contrastive_rows_follow_the_tf_data_sources_batches():
     for batch in batches:
         np.testing.assert_array_equal(batch["index"], batch["label"])
         np.testing.assert_array_equal(batch["contrast_index"][:, 0], batch["label"])
+
+
+def test_contrastive_batches_of_a_single_class_are_refused_in_one_line():
+    source = _array_source(_random_images(16), np.zeros(16, np.int64), batch_size=8)
+    with pytest.raises(ConfigError, match=r"^contrastive negatives come from other classes, but the training set "
+                                          r"holds one class; keep at least two \(config.data.reserved_classes\)$"):
+        next(source.contrastive_train_batches(1, num_negatives=2))
+    with pytest.raises(ConfigError, match=r"^the contrastive sampling mode must be 'exact' or 'relax', got 'fuzzy'$"):
+        next(source.contrastive_train_batches(1, mode="fuzzy"))
